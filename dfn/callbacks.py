@@ -1,0 +1,147 @@
+"""Callbacks: prediction GIFs, prediction files, and where a run keeps its outputs.
+
+Everything here runs on rank zero only and under ``torch.no_grad``, outside the training step.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import imageio.v3 as iio
+import lightning as L
+import numpy as np
+import torch
+from einops import rearrange, repeat
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+
+def run_dir(trainer: L.Trainer) -> Path:
+    """The run's output directory: ``<save_dir>/<name>/<version>``, the parent of Lightning's checkpoints."""
+    callback = trainer.checkpoint_callback
+    if callback is not None and getattr(callback, "dirpath", None):
+        return Path(callback.dirpath).parent.resolve()
+    logger = trainer.logger
+    if logger is not None and logger.save_dir is not None:
+        return (Path(logger.save_dir) / str(logger.name) / str(logger.version)).resolve()
+    return Path(trainer.default_root_dir).resolve()
+
+
+def comparison_frames(inputs: torch.Tensor, targets: torch.Tensor, predictions: torch.Tensor) -> np.ndarray:
+    """GIF frames for a few sequences: the inputs, then ground truth | prediction | |error| side by side.
+
+    inputs (N, T_in, C, H, W), targets and predictions (N, T_out, C, H, W), all in [0, 1].
+    Returns uint8 frames (T_in + T_out, N*H, 3*W, 3): sequences stacked vertically, RGB.
+    """
+    inputs, targets, predictions = (x.detach().float().cpu().clamp(0, 1) for x in (inputs, targets, predictions))
+    shown_inputs = torch.cat([inputs, inputs, torch.zeros_like(inputs)], dim=-1)  # input frames in both panels
+    error = (predictions - targets).abs()
+    shown_outputs = torch.cat([targets, predictions, error], dim=-1)  # (N, T_out, C, H, 3W)
+    video = torch.cat([shown_inputs, shown_outputs], dim=1)  # (N, T, C, H, 3W)
+    if video.shape[2] == 1:
+        video = repeat(video, "n t 1 h w -> n t c h w", c=3)
+    video = rearrange(video[:, :, :3], "n t c h w -> t (n h) w c")  # (T, N*H, 3W, 3)
+    return (video.numpy() * 255).round().astype(np.uint8)
+
+
+def write_gif(path: Path, frames: np.ndarray, fps: float) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, frames, extension=".gif", duration=1000 / fps, loop=0)
+    return path
+
+
+class PredictionGIFs(L.Callback):
+    """Writes ground truth | prediction | error GIFs for a few fixed validation sequences at every
+    validation, and for the first test sequences at the end; saved under ``<run dir>/gifs`` and logged
+    to wandb as videos."""
+
+    def __init__(self, num_sequences: int = 4, fps: float = 4.0) -> None:
+        self.num_sequences, self.fps = num_sequences, fps
+        self.batches: dict[str, torch.Tensor] = {}
+        self.written: list[Path] = []
+
+    def _keep(self, stage: str, batch: torch.Tensor) -> None:
+        """Keep the first `num_sequences` sequences seen in `stage`: the same ones every epoch."""
+        kept = self.batches.get(stage)
+        if kept is None or len(kept) < self.num_sequences:
+            rows = batch[: self.num_sequences].detach().cpu()
+            self.batches[stage] = rows if kept is None else torch.cat([kept, rows])[: self.num_sequences]
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._keep("val", batch)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._keep("test", batch)
+
+    @rank_zero_only
+    def _write(self, trainer: L.Trainer, pl_module, stage: str, name: str) -> None:
+        batch = self.batches.get(stage)
+        if batch is None or trainer.sanity_checking:
+            return
+        with torch.no_grad():
+            batch = batch.to(pl_module.device)
+            inputs, targets = pl_module.split(batch)
+            predictions = pl_module(inputs)
+        path = write_gif(run_dir(trainer) / "gifs" / name, comparison_frames(inputs, targets, predictions), self.fps)
+        self.written.append(path)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_video(f"{stage}/predictions", [str(path)], step=trainer.global_step, format=["gif"])
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        self._write(trainer, pl_module, "val", f"val_epoch{trainer.current_epoch:03d}.gif")
+
+    def on_test_epoch_end(self, trainer, pl_module):
+        self._write(trainer, pl_module, "test", "test.gif")
+        self.batches.pop("test", None)
+
+
+class PredictionFiles(BasePredictionWriter):
+    """``predict``: writes, per batch, the predicted frames as ``.npy`` (B, T_out, C, H, W) float32 in
+    [0, 1], and a GIF of inputs then ground truth | prediction | error, under ``<output_dir>``
+    (default ``<run dir>/predictions``)."""
+
+    def __init__(self, output_dir: str | None = None, fps: float = 4.0) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir, self.fps = output_dir, fps
+        self.written: list[Path] = []
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        out = Path(self.output_dir) if self.output_dir else run_dir(trainer) / "predictions"
+        stem = f"batch{batch_idx:04d}_rank{trainer.global_rank}"
+        out.mkdir(parents=True, exist_ok=True)
+        np.save(out / f"{stem}.npy", prediction["predictions"].float().cpu().numpy())
+        targets = prediction["targets"]
+        if targets.shape[1] < prediction["predictions"].shape[1]:  # the user's clip may have no future frames
+            targets = torch.zeros_like(prediction["predictions"])
+        frames = comparison_frames(prediction["inputs"], targets, prediction["predictions"])
+        self.written.append(write_gif(out / f"{stem}.gif", frames, self.fps))
+
+
+class HorizonTables(L.Callback):
+    """After testing: every metric per prediction horizon (frame 1..N), model and copy-last-frame, as
+    ``<run dir>/horizon_test.csv`` and as a wandb table ``test/horizon`` (plot it as lines in the UI)."""
+
+    @rank_zero_only
+    def on_test_end(self, trainer, pl_module):
+        results = getattr(pl_module, "last_test_results", {})
+        curves = {k.removesuffix("/horizon"): v.tolist() for k, v in results.items() if k.endswith("/horizon")}
+        if not curves:
+            return
+        columns = ["horizon", *curves]
+        rows = [[t + 1, *(curve[t] for curve in curves.values())] for t in range(len(next(iter(curves.values()))))]
+        path = run_dir(trainer) / "horizon_test.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(",".join(str(v) for v in row) for row in [columns, *rows]) + "\n")
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_table("test/horizon", columns=columns, data=rows)
+
+
+def write_json(path: Path, values: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plain = {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in values.items()}
+    path.write_text(json.dumps(plain, indent=2))
+    return path

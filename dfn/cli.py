@@ -1,0 +1,180 @@
+"""The command line: LightningCLI in subclass mode, so YAML picks the generator and the data module.
+
+``python train.py fit --config experiments/moving_mnist/dfn.yaml`` trains, then tests the best checkpoint
+(by ``val/loss``) on the test set and prints a one-line summary. ``predict --ckpt_path ...`` writes GIFs
+and ``.npy`` predictions. Every run logs to wandb: online when the user is logged in and the server is
+reachable (or ``WANDB_MODE=online``), otherwise offline under the run directory, never prompting.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+import socket
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import lightning as L
+import torch
+import wandb
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
+from torch.utils.flop_counter import FlopCounterMode
+
+from dfn.callbacks import HorizonTables, PredictionFiles, PredictionGIFs, run_dir, write_json
+from dfn.module import VideoPrediction
+
+
+def choose_wandb_mode(timeout: float = 3.0) -> str:
+    """Pick wandb's mode without ever prompting: an explicit ``WANDB_MODE`` wins; otherwise online only
+    when an API key is configured and the server answers within `timeout` seconds."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    has_key = bool(os.environ.get("WANDB_API_KEY"))
+    if not has_key:
+        try:
+            has_key = netrc.netrc().authenticators(host) is not None
+        except (FileNotFoundError, netrc.NetrcParseError):
+            has_key = False
+    mode = "offline"
+    if has_key:
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            mode = "online"
+        except OSError:
+            pass
+    os.environ["WANDB_MODE"] = mode
+    return mode
+
+
+def flops_per_step(module: VideoPrediction, height: int, width: int) -> int:
+    """FLOPs of one predicting step (encoder, recurrence, decoder, generator, filtering) for one sample,
+    as counted by torch's FlopCounterMode (convolutions and matrix products)."""
+    predictor = module.predictor
+    frames = torch.rand(1, predictor.buffer_len, predictor.channels, height, width, device=module.device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        predictor(frames, frames_out=1)
+    return int(counter.get_total_flops())
+
+
+class SaveRunConfig(SaveConfigCallback):
+    """Saves the resolved config as ``<run dir>/config.yaml`` (a fresh directory per run, so running the
+    same config twice never collides) and logs it to wandb with the parameter and FLOP counts."""
+
+    def save_config(self, trainer: L.Trainer, pl_module: VideoPrediction, stage: str) -> None:
+        path = run_dir(trainer) / "config.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=False)
+        data = trainer.datamodule
+        size = getattr(data, "image_size", 64)
+        height, width = (size, size) if isinstance(size, int) else size
+        facts = {"parameters": pl_module.parameter_count(), "flops_per_step": flops_per_step(pl_module, height, width),
+                 **pl_module.generator.summary()}
+        pl_module.run_facts = facts
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"config": self.parser.dump(self.config, skip_none=False), **facts})
+
+
+class IterationTimer(L.Callback):
+    """Seconds per training iteration (median over the run), for the summary and the comparison table."""
+
+    def __init__(self) -> None:
+        self.durations: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.durations.append(time.perf_counter() - self.start)
+
+    def seconds_per_iteration(self) -> float | None:
+        return float(torch.tensor(self.durations).median()) if self.durations else None
+
+
+class DFNCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        # The model configures itself from the data (REFERENCE: any frames_in/frames_out/channels).
+        for name in ("frames_in", "frames_out", "channels"):
+            parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.monitor": "val/loss",  # model selection on validation only, never on test
+            "checkpoint.mode": "min",
+            "checkpoint.save_last": True,  # `fit --ckpt_path <run>/checkpoints/last.ckpt` resumes
+            "checkpoint.filename": "best-{epoch:03d}-{step}",
+            "checkpoint.auto_insert_metric_name": False,
+        })
+        parser.add_lightning_class_args(PredictionGIFs, "gifs")
+        parser.add_lightning_class_args(PredictionFiles, "prediction_files")
+        parser.add_lightning_class_args(HorizonTables, "horizon_tables")
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(IterationTimer, "timer")
+
+    def before_instantiate_classes(self) -> None:
+        choose_wandb_mode()
+
+    def _callback(self, kind: type) -> L.Callback | None:
+        return next((c for c in self.trainer.callbacks if isinstance(c, kind)), None)
+
+    def after_fit(self) -> None:
+        if self.trainer.fast_dev_run or self.trainer.interrupted:
+            return
+        best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
+        # Test the best checkpoint by validation loss; the test set played no part in choosing it.
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+        self.summarise(best)
+
+    def after_test(self) -> None:
+        if self.subcommand == "test":
+            self.summarise(self.config["test"].get("ckpt_path") or "")
+
+    def after_predict(self) -> None:
+        writer = self._callback(PredictionFiles)
+        if self.trainer.is_global_zero and writer is not None and writer.written:
+            print(f"dfn: wrote {len(writer.written)} prediction GIFs (+ .npy) under {writer.written[0].parent}")
+
+    def summarise(self, checkpoint: str) -> None:
+        """Write ``<run dir>/summary.json`` and print one line: run directory, GIFs, test metrics."""
+        if not self.trainer.is_global_zero:
+            return
+        results = getattr(self.model, "last_test_results", {})
+        timer, gifs = self._callback(IterationTimer), self._callback(PredictionGIFs)
+        directory = run_dir(self.trainer)
+        summary = {
+            "run_dir": str(directory),
+            "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else "",
+            "seconds_per_iteration": timer.seconds_per_iteration() if timer else None,
+            "global_step": self.trainer.global_step,
+            **getattr(self.model, "run_facts", {}),
+            **{k: v for k, v in results.items()},
+        }
+        write_json(directory / "summary.json", summary)
+        metric = "bce_per_frame" if self.model.loss_name == "bce" else "mse_per_frame"
+        model_score = results.get(f"test/{metric}")
+        copy_score = results.get(f"test/copy_last/{metric}")
+        scores = (f"test {metric} {float(model_score):.2f} (copy-last-frame {float(copy_score):.2f})"
+                  if model_score is not None else "no test metrics")
+        gif_dir = directory / "gifs" if gifs and gifs.written else "none"
+        print(f"dfn: run {directory} | GIFs {gif_dir} | {scores} | summary {directory / 'summary.json'}")
+
+
+def main(args: list[str] | None = None) -> DFNCLI:
+    cli = DFNCLI(
+        VideoPrediction,
+        L.LightningDataModule,
+        subclass_mode_data=True,
+        save_config_callback=SaveRunConfig,
+        save_config_kwargs={"save_to_log_dir": False},
+        trainer_defaults={
+            "logger": {"class_path": "lightning.pytorch.loggers.WandbLogger",
+                       "init_args": {"project": "dfn", "save_dir": "runs"}},
+            "use_distributed_sampler": False,  # the data modules shard themselves without padding (exact test sets)
+        },
+        args=args,
+    )
+    if cli.trainer.is_global_zero and wandb.run is not None:
+        wandb.finish()  # flush history and summary now (offline: files/wandb-summary.json), not at exit
+    return cli

@@ -1,0 +1,182 @@
+"""Synthetic highway driving video: a procedural stand-in for the DFN authors' highway data set.
+
+The camera sits in a car on a three-lane road and looks toward the vanishing point. Every pixel below
+the horizon is mapped back onto the road plane (inverse perspective: depth z = f h / (row - horizon)),
+so dashed lane markings, asphalt and verge texture stream outward and speed up as they approach;
+roadside posts and other cars (each at its own speed, in its own lane) are drawn as depth-tested
+boxes. Per sequence: speed, lane offset, gentle curvature, traffic, lighting; per frame: camera shake.
+The point of the data: the motion differs from position to position, which is exactly what dynamic
+*local* filters are for.
+
+Everything is vectorised over the batch (numpy float32); a Python loop runs over frames and objects.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .common import TAG_TEST, TAG_VAL, ClipArray, ClipDataModule, EpochStream, InfiniteBatches, fixed_sequences, to_float_clips
+
+LANE = 3.6              # lane width, metres
+ROAD_HALF = 1.5 * LANE  # three lanes
+CAM_HEIGHT = 2.4        # metres above the road (a high seat: more road, verges and posts in view)
+DASH_PERIOD, DASH_LEN = 12.0, 4.0
+POST_PERIOD, POST_X, POST_H, POST_W, NUM_POSTS = 20.0, ROAD_HALF + 1.5, 1.0, 0.25, 5
+CAR_W, CAR_H = 1.8, 1.4
+NEAR, FAR = 1.0, 120.0
+
+
+def synthetic_highway(num_sequences: int, num_frames: int = 6, image_size: int = 64,
+                      rng: np.random.Generator | None = None, curves: bool = True, shake: bool = True,
+                      num_cars: int = 3) -> np.ndarray:
+    """Generate grayscale driving sequences -> (num_sequences, num_frames, image_size, image_size) uint8."""
+    rng = np.random.default_rng() if rng is None else rng
+    B, T, S = num_sequences, num_frames, image_size
+    out = np.zeros((B, T, S, S), dtype=np.uint8)
+    if B == 0 or T == 0:
+        return out
+
+    def per_seq(low: float, high: float) -> np.ndarray:
+        return rng.uniform(low, high, size=(B, 1, 1)).astype(np.float32)  # (B, 1, 1) broadcasts over pixels
+
+    f = np.float32(0.55 * S)                           # focal length in pixels
+    speed = per_seq(0.8, 2.2)                         # metres per frame
+    s0 = per_seq(0.0, 1000.0)                         # distance already travelled
+    cam_x = per_seq(-0.8, 0.8)                        # lateral offset inside the middle lane
+    curve = per_seq(-0.004, 0.004) if curves else np.zeros((B, 1, 1), np.float32)  # lateral bend = curve * z^2
+    horizon0 = per_seq(0.30, 0.38) * S
+    sky, asphalt, verge = per_seq(0.75, 0.95), per_seq(0.30, 0.45), per_seq(0.15, 0.30)
+    paint = per_seq(0.85, 1.0)
+    hills_phase = per_seq(0.0, 2 * np.pi)
+    # Traffic: lane index in {-1, 0, 1} (lane centres at -LANE, 0, +LANE), start depth, relative speed.
+    car_lane = rng.integers(-1, 2, size=(B, num_cars)).astype(np.float32) * LANE
+    car_z0 = rng.uniform(6.0, 70.0, size=(B, num_cars)).astype(np.float32)
+    car_rel = rng.uniform(-1.0, 0.6, size=(B, num_cars)).astype(np.float32) * speed[:, 0]  # their speed - ours
+    car_shade = rng.uniform(0.05, 0.6, size=(B, num_cars)).astype(np.float32)
+    car_on = rng.random((B, num_cars)) < 0.8
+    shake_v = rng.normal(0.0, 0.4 if shake else 0.0, size=(B, T)).astype(np.float32)
+    shake_u = rng.normal(0.0, 0.3 if shake else 0.0, size=(B, T)).astype(np.float32)
+
+    u = (np.arange(S, dtype=np.float32) + 0.5)[None, None, :]  # (1, 1, W) pixel-centre columns
+    v = (np.arange(S, dtype=np.float32) + 0.5)[None, :, None]  # (1, H, 1) pixel-centre rows
+    cx = np.float32(S / 2)
+
+    for t in range(T):
+        horizon = horizon0 + shake_v[:, t, None, None]            # (B, 1, 1)
+        shift = cx + shake_u[:, t, None, None]                     # (B, 1, 1) image column of straight ahead
+        s = s0 + speed * t                                         # (B, 1, 1) distance travelled
+        below = v - horizon                                        # (B, H, 1) rows under the horizon
+        ground = below > 0.5
+        z = np.where(ground, f * CAM_HEIGHT / np.maximum(below, 1e-3), FAR).astype(np.float32)  # (B, H, 1) depth
+        bend = curve * z * z                                       # (B, H, 1) road centre drifts with depth
+        X = (u - shift) * z / f + cam_x - bend                     # (B, H, W) lateral road coordinate, metres
+        px = z / f                                                 # (B, H, 1) metres covered by one pixel
+        fade = np.clip(1.0 - z / 60.0, 0.0, 1.0)                   # texture fades out toward the horizon
+
+        # Sky with a band of hills that slides sideways as the road bends.
+        hills = horizon - S * (0.04 + 0.03 * np.sin(u / S * 6.0 + hills_phase + 40.0 * curve * s))
+        img = np.where(v < hills, sky - 0.15 * (v / S), sky * 0.55)  # (B, H, W)
+        # Road surface and verges, textured along depth so they stream toward the camera.
+        on_road = np.abs(X) < ROAD_HALF
+        ripple = np.sin(2 * np.pi * (z + s) / 2.5) * fade
+        surface = np.where(on_road, asphalt + 0.03 * ripple, verge + 0.08 * np.sin(2 * np.pi * (z + s) / 5.0) * fade)
+
+        def line_cover(center: float, half_width: float) -> np.ndarray:
+            # fraction of the pixel footprint covered by a painted line: anti-aliased, fades with distance
+            return np.clip((half_width - np.abs(X - center)) / px + 0.5, 0.0, 1.0)
+
+        dash_on = (np.mod(z + s, DASH_PERIOD) < DASH_LEN).astype(np.float32)
+        cover = np.maximum(line_cover(-ROAD_HALF + 0.2, 0.12), line_cover(ROAD_HALF - 0.2, 0.12))
+        cover = np.maximum(cover, dash_on * np.maximum(line_cover(-LANE / 2, 0.1), line_cover(LANE / 2, 0.1)))
+        surface = surface + (paint - surface) * cover
+        img = np.where(ground, surface, img)
+
+        # Boxes, painter's order: posts first, then cars far to near. A post nearer than a car never
+        # overlaps it on screen (it stands further out, so it projects further out), so no z-buffer.
+        def box_mask(zo: np.ndarray, xo: np.ndarray, width: float, height: float) -> np.ndarray:
+            # zo, xo: (B, K) -> (B, K, H, W) bool screen rectangle of a box standing on the road at depth zo
+            zo_ = np.maximum(zo, NEAR)[:, :, None, None]                                  # (B, K, 1, 1)
+            col = shift[:, None] + f * (xo[:, :, None, None] + curve[:, None] * zo_ * zo_ - cam_x[:, None]) / zo_
+            half = 0.5 * f * width / zo_
+            bottom = horizon[:, None] + f * CAM_HEIGHT / zo_
+            top = horizon[:, None] + f * (CAM_HEIGHT - height) / zo_
+            cols = np.abs(u[:, None] - col) < half                                       # (B, K, 1, W)
+            rows = (v[:, None] < bottom) & (v[:, None] >= top)                           # (B, K, H, 1)
+            seen = ((zo > NEAR) & (zo < FAR))[:, :, None, None]
+            return cols & rows & seen
+
+        first_post = POST_PERIOD - np.mod(s[:, 0, :], POST_PERIOD)                        # (B, 1) nearest post ahead
+        post_z = np.repeat(first_post + np.arange(NUM_POSTS, dtype=np.float32) * POST_PERIOD, 2, axis=1)  # (B, 2P)
+        post_x = np.tile(np.array([-POST_X, POST_X], np.float32), (B, NUM_POSTS))           # (B, 2P) both sides
+        img = np.where(box_mask(post_z, post_x, POST_W, POST_H).any(axis=1), np.float32(0.95), img)
+        if num_cars:
+            car_z = car_z0 + car_rel * t                                                  # (B, C)
+            visible = np.where(car_on, car_z, -1.0)                                       # hidden cars fail `seen`
+            order = np.argsort(-car_z, axis=1)                                            # far to near, per sequence
+            masks = box_mask(np.take_along_axis(visible, order, 1), np.take_along_axis(car_lane, order, 1), CAR_W, CAR_H)
+            shades = np.take_along_axis(car_shade, order, 1)                              # (B, C)
+            for c in range(num_cars):
+                img = np.where(masks[:, c], shades[:, c, None, None], img)
+        out[:, t] = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+class SyntheticHighway(ClipDataModule):
+    """Procedural highway driving clips (grayscale), the default stand-in for the DFN highway data.
+
+    Training: infinite on-the-fly stream, ``train_batches_per_epoch`` batches per epoch. Validation and
+    test: fixed seeded sets (different seeds) of ``val_size`` / ``test_size`` clips, generated once.
+    Predict: the first ``predict_size`` test clips. Batches: float32 (B, T, 1, S, S) in [0, 1].
+    """
+
+    def __init__(
+        self,
+        frames_in: int = 3,
+        frames_out: int = 3,
+        image_size: int = 64,
+        curves: bool = True,
+        shake: bool = True,
+        num_cars: int = 3,
+        batch_size: int = 16,
+        train_batches_per_epoch: int = 200,
+        val_size: int = 500,
+        test_size: int = 2000,
+        predict_size: int = 32,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(frames_in, frames_out, 1, image_size, batch_size, num_workers, seed)
+        if image_size < 16:
+            raise ValueError(f"SyntheticHighway: image_size must be >= 16, got {image_size}")
+        for key, value, low in (("num_cars", num_cars, 0), ("train_batches_per_epoch", train_batches_per_epoch, 1),
+                                ("val_size", val_size, 1), ("test_size", test_size, 1), ("predict_size", predict_size, 1)):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"SyntheticHighway: {key} must be an integer >= {low}, got {value!r}")
+        self.curves, self.shake, self.num_cars = curves, shake, num_cars
+        self.train_batches_per_epoch = train_batches_per_epoch
+        self.val_size, self.test_size, self.predict_size = val_size, test_size, predict_size
+
+    def _make(self, rng: np.random.Generator, count: int) -> np.ndarray:
+        return synthetic_highway(count, self.frames, self.image_size, rng, self.curves, self.shake, self.num_cars)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit", "validate") and self.val_set is None:
+            self.val_set = ClipArray(fixed_sequences(self._make, self.val_size, self.seed, TAG_VAL))
+        if stage in (None, "test") and self.test_set is None:
+            self.test_set = ClipArray(fixed_sequences(self._make, self.test_size, self.seed, TAG_TEST))
+        if stage in (None, "predict") and self.predict_set is None:
+            clips = (self.test_set.clips[: self.predict_size] if self.test_set is not None else
+                     fixed_sequences(self._make, min(self.predict_size, self.test_size), self.seed, TAG_TEST))
+            self.predict_set = ClipArray(np.ascontiguousarray(clips))
+
+    def train_dataloader(self) -> DataLoader:
+        def make_batch(rng: np.random.Generator, batch_size: int) -> torch.Tensor:
+            return to_float_clips(self._make(rng, batch_size)).unsqueeze(2)  # (B, T, H, W) -> (B, T, 1, H, W)
+
+        _, rank = self.rank_info()
+        stream = InfiniteBatches(make_batch, self.batch_size, self.seed, rank)
+        return EpochStream(stream, self.train_batches_per_epoch, self.num_workers, self.current_epoch)

@@ -1,0 +1,295 @@
+"""Your own videos: a folder of video files (or one file) cut into clips, read lazily.
+
+Clips are indexed as (file, start frame); ``__getitem__`` decodes only that clip's frames (imageio v3:
+ffmpeg for mp4/avi/mov/mkv/webm, Pillow for gif), converts to gray or RGB, resizes the shorter side to
+``image_size`` (area when shrinking, bilinear when growing) and centre-crops a square. Frame counts are
+read once per file and cached.
+
+Splits never overlap: with three or more files, whole files go to train / val / test (seeded shuffle,
+fractions configurable); with one or two files, each file is split in time into consecutive
+train | val | test segments and clips never cross a segment boundary.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from .common import ClipDataModule, ShuffledShard, seed_rng
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".gif")
+LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R BT.601 weights for RGB -> gray
+
+
+def _first_line(err: Exception) -> str:
+    """Short error text: imageio/ffmpeg errors carry pages of ffmpeg banner after the first line."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+def list_videos(path: str | Path) -> list[Path]:
+    """A video file, or the video files (sorted, non-recursive) in a folder; errors name the path."""
+    path = Path(path)
+    if path.is_file():
+        if path.suffix.lower() not in VIDEO_EXTENSIONS:
+            raise ValueError(f"{path}: not a supported video file (extensions: {', '.join(VIDEO_EXTENSIONS)})")
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such video file or folder")
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+    if not files:
+        raise FileNotFoundError(f"{path}: folder holds no video files ({', '.join(VIDEO_EXTENSIONS)})")
+    return files
+
+
+def _open(path: Path):
+    import imageio.v3 as iio  # imported here so that `import dfn.data` stays light
+    try:
+        return iio.imopen(path, "r")
+    except Exception as err:
+        raise ValueError(f"{path}: cannot open as a video ({_first_line(err)})") from err
+
+
+def count_frames(path: Path) -> int:
+    """Number of frames of one video file (decodes the file once for ffmpeg formats)."""
+    try:
+        with _open(path) as f:
+            n = f.properties(index=...).shape[0]
+        if not np.isfinite(n):  # the ffmpeg plugin does not know the count up front: let ffmpeg count
+            import imageio_ffmpeg
+            n = imageio_ffmpeg.count_frames_and_secs(str(path))[0]
+    except ValueError:
+        raise
+    except Exception as err:
+        raise ValueError(f"{path}: unreadable or corrupt video ({_first_line(err)})") from err
+    if n <= 0:
+        raise ValueError(f"{path}: video has no frames")
+    return int(n)
+
+
+def frames_to_tensor(frames: np.ndarray, color: Literal["gray", "rgb"], image_size: int) -> torch.Tensor:
+    """uint8 frames (T, H, W) / (T, H, W, 3|4) -> float32 (T, C, S, S) in [0, 1]: resize short side, centre crop."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).float().div_(255.0)
+    if x.ndim == 3:
+        x = x.unsqueeze(-1)  # (T, H, W) -> (T, H, W, 1)
+    x = x[..., :3]  # drop alpha
+    x = x.permute(0, 3, 1, 2)  # (T, H, W, C) -> (T, C, H, W)
+    if color == "gray" and x.shape[1] == 3:
+        x = torch.einsum("tchw,c->thw", x, LUMA).unsqueeze(1)  # (T, 3, H, W) -> (T, 1, H, W)
+    elif color == "rgb" and x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)  # gray source: replicate to 3 channels
+    h, w = x.shape[-2:]
+    scale = image_size / min(h, w)
+    nh, nw = max(image_size, round(h * scale)), max(image_size, round(w * scale))
+    if (nh, nw) != (h, w):
+        mode = "area" if scale < 1 else "bilinear"  # area averages when shrinking (no aliasing)
+        x = F.interpolate(x, size=(nh, nw), mode=mode, **({} if mode == "area" else {"align_corners": False}))
+    top, left = (nh - image_size) // 2, (nw - image_size) // 2
+    return x[..., top:top + image_size, left:left + image_size].clamp_(0.0, 1.0).contiguous()
+
+
+class VideoClips(Dataset):
+    """Map-style dataset of clips ``(file, start)``; item -> float32 (T, C, S, S) in [0, 1].
+
+    Decoding is lazy. A file whose *processed* frames (resized, uint8: frames x C x S x S bytes) fit in
+    ``cache_mb`` is decoded once, front to back (ffmpeg decodes sequentially hundreds of frames per
+    second but needs ~0.1-0.3 s per seek), and kept in a per-process LRU cache; a larger file is read
+    clip by clip through a seeking reader. Both paths quantise the processed frames to uint8, so the
+    result does not depend on the cache.
+    """
+
+    def __init__(self, files: list[Path], counts: list[int], clips: list[tuple[int, int]], frames: int,
+                 color: Literal["gray", "rgb"], image_size: int, cache_mb: int = 256) -> None:
+        self.files, self.counts, self.clips, self.frames = files, counts, clips, frames
+        self.color, self.image_size, self.cache_bytes = color, image_size, cache_mb * 2**20
+        self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()   # file -> (N, C, S, S) uint8
+        self._readers: OrderedDict[int, object] = OrderedDict()       # file -> open seeking reader
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_cache"], state["_readers"] = OrderedDict(), OrderedDict()  # per process, not pickled
+        return state
+
+    def _process(self, frames: np.ndarray) -> torch.Tensor:
+        return frames_to_tensor(frames, self.color, self.image_size).mul_(255).round_().to(torch.uint8)
+
+    def _decode_whole(self, file_idx: int) -> torch.Tensor:
+        import imageio.v3 as iio
+
+        chunks, buf = [], []
+        for frame in iio.imiter(self.files[file_idx]):
+            buf.append(frame)
+            if len(buf) == 64:  # process in chunks: never hold many full-resolution frames
+                chunks.append(self._process(np.stack(buf)))
+                buf = []
+        if buf:
+            chunks.append(self._process(np.stack(buf)))
+        return torch.cat(chunks)  # (N, C, S, S) uint8
+
+    def _seek_read(self, file_idx: int, start: int) -> torch.Tensor:
+        if file_idx in self._readers:
+            self._readers.move_to_end(file_idx)
+        else:
+            handle = _open(self.files[file_idx])
+            # ffmpeg: the legacy reader keeps one decoder process and only re-seeks when jumping;
+            # the v3 read(index=...) of that plugin would restart it for every frame.
+            reader = handle.legacy_get_reader() if hasattr(handle, "legacy_get_reader") else handle
+            self._readers[file_idx] = reader
+            if len(self._readers) > 4:
+                self._readers.popitem(last=False)[1].close()
+        reader = self._readers[file_idx]
+        get = reader.get_data if hasattr(reader, "get_data") else (lambda i: reader.read(index=i))
+        return self._process(np.stack([get(start + k) for k in range(self.frames)]))  # (T, C, S, S) uint8
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        file_idx, start = self.clips[i]
+        path = self.files[file_idx]
+        size = self.counts[file_idx] * (1 if self.color == "gray" else 3) * self.image_size ** 2
+        try:
+            if file_idx in self._cache:
+                self._cache.move_to_end(file_idx)
+            elif size <= self.cache_bytes:
+                while self._cache and sum(v.numel() for v in self._cache.values()) + size > self.cache_bytes:
+                    self._cache.popitem(last=False)
+                self._cache[file_idx] = self._decode_whole(file_idx)
+            if file_idx in self._cache:
+                clip = self._cache[file_idx][start:start + self.frames]
+                if len(clip) < self.frames:
+                    raise ValueError(f"decoded only {len(self._cache[file_idx])} frames, "
+                                     f"expected {self.counts[file_idx]}")
+            else:
+                clip = self._seek_read(file_idx, start)
+        except Exception as err:
+            self._readers.pop(file_idx, None)
+            raise ValueError(f"{path}: failed to read frames {start}..{start + self.frames - 1} "
+                             f"({_first_line(err)})") from err
+        return clip.float().div_(255.0)
+
+
+def clip_starts(lo: int, hi: int, frames: int, stride: int) -> list[int]:
+    """Starts of the clips of ``frames`` frames, every ``stride``, lying wholly in [lo, hi)."""
+    return list(range(lo, hi - frames + 1, stride))
+
+
+class VideoFolder(ClipDataModule):
+    """Clips of your own video(s): ``path`` is a video file or a folder of them.
+
+    ``cache_mb`` bounds the per-process cache of decoded, resized files (0 = always seek; see
+    :class:`VideoClips`). With ``num_workers > 0`` every worker has its own cache.
+
+    ``predict_path`` (file or folder), if given, is what ``predict`` runs on (all its clips, every
+    ``stride`` frames); otherwise predict uses the first ``predict_size`` test clips.
+    Batches: float32 (B, frames_in + frames_out, C, S, S) in [0, 1], C = 1 (gray) or 3 (rgb).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        frames_in: int = 3,
+        frames_out: int = 3,
+        image_size: int = 64,
+        color: Literal["gray", "rgb"] = "gray",
+        stride: int = 1,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        predict_path: str | None = None,
+        predict_size: int = 32,
+        cache_mb: int = 256,
+        batch_size: int = 16,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        if color not in ("gray", "rgb"):
+            raise ValueError(f"VideoFolder: color must be 'gray' or 'rgb', got {color!r}")
+        super().__init__(frames_in, frames_out, 1 if color == "gray" else 3, image_size, batch_size, num_workers, seed)
+        if not isinstance(stride, int) or stride < 1:
+            raise ValueError(f"VideoFolder: stride must be a positive integer, got {stride!r}")
+        if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+            raise ValueError(f"VideoFolder: need 0 <= val_fraction, test_fraction and their sum < 1, "
+                             f"got {val_fraction}, {test_fraction}")
+        if not isinstance(predict_size, int) or predict_size < 1:
+            raise ValueError(f"VideoFolder: predict_size must be a positive integer, got {predict_size!r}")
+        self.files = list_videos(path)  # fail early on a wrong path
+        self.predict_files = list_videos(predict_path) if predict_path is not None else None
+        self.path, self.predict_path, self.color, self.stride = path, predict_path, color, stride
+        if not isinstance(cache_mb, int) or cache_mb < 0:
+            raise ValueError(f"VideoFolder: cache_mb must be an integer >= 0, got {cache_mb!r}")
+        self.val_fraction, self.test_fraction, self.predict_size = val_fraction, test_fraction, predict_size
+        self.cache_mb = cache_mb
+        self._frame_counts: dict[Path, int] = {}
+        self.train_set: VideoClips | None = None
+
+    def _counts(self, files: list[Path]) -> list[int]:
+        for p in files:
+            if p not in self._frame_counts:  # counting decodes the file: do it once
+                self._frame_counts[p] = count_frames(p)
+        counts = [self._frame_counts[p] for p in files]
+        for p, n in zip(files, counts):
+            if n < self.frames:
+                raise ValueError(f"{p}: video has {n} frames, shorter than one clip "
+                                 f"(frames_in + frames_out = {self.frames})")
+        return counts
+
+    def split_clips(self) -> dict[str, list[tuple[int, int]]]:
+        """{'train', 'val', 'test'}: lists of (file index, start frame), disjoint in frames."""
+        counts = self._counts(self.files)
+        out: dict[str, list[tuple[int, int]]] = {"train": [], "val": [], "test": []}
+        n = len(self.files)
+        if n >= 3:  # split by file
+            order = seed_rng(self.seed, 7).permutation(n)
+            n_test = max(1, round(n * self.test_fraction)) if self.test_fraction > 0 else 0
+            n_val = max(1, round(n * self.val_fraction)) if self.val_fraction > 0 else 0
+            if n - n_test - n_val < 1:
+                raise ValueError(f"{self.path}: {n} files cannot be split into train/val/test with fractions "
+                                 f"{self.val_fraction}/{self.test_fraction}")
+            groups = {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
+            for split, idx in groups.items():
+                for f in sorted(idx.tolist()):
+                    out[split] += [(f, s) for s in clip_starts(0, counts[f], self.frames, self.stride)]
+        else:  # split each file in time: train | val | test
+            for f, total in enumerate(counts):
+                a = int(round(total * (1 - self.val_fraction - self.test_fraction)))
+                b = int(round(total * (1 - self.test_fraction)))
+                for split, (lo, hi) in (("train", (0, a)), ("val", (a, b)), ("test", (b, total))):
+                    out[split] += [(f, s) for s in clip_starts(lo, hi, self.frames, self.stride)]
+        for split, fraction in (("train", 1.0), ("val", self.val_fraction), ("test", self.test_fraction)):
+            if fraction > 0 and not out[split]:
+                raise ValueError(f"{self.path}: too short for a {split} split -- each split needs at least "
+                                 f"{self.frames} consecutive frames (frames per file: {counts}); lower frames_in/"
+                                 "frames_out, add footage, or change val_fraction/test_fraction")
+        return out
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            splits = self.split_clips()
+            counts = self._counts(self.files)
+            make = lambda clips: VideoClips(self.files, counts, clips, self.frames, self.color,  # noqa: E731
+                                            self.image_size, self.cache_mb)
+            self.train_set, self.val_set, self.test_set = make(splits["train"]), make(splits["val"]), make(splits["test"])
+        if stage in (None, "predict") and self.predict_set is None:
+            if self.predict_files is not None:
+                counts = self._counts(self.predict_files)
+                clips = [(f, s) for f, n in enumerate(counts) for s in clip_starts(0, n, self.frames, self.stride)]
+                self.predict_set = VideoClips(self.predict_files, counts, clips, self.frames, self.color,
+                                              self.image_size, self.cache_mb)
+            else:
+                self.predict_set = VideoClips(self.files, self.test_set.counts, self.test_set.clips[: self.predict_size],
+                                              self.frames, self.color, self.image_size, self.cache_mb)
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_set is None:
+            self.setup("fit")
+        world, rank = self.rank_info()
+        sampler = ShuffledShard(len(self.train_set), self.seed, rank, world)
+        # Drop a ragged last batch, unless that would leave no batch at all (tiny footage).
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler,
+                          num_workers=self.num_workers, drop_last=len(sampler) >= self.batch_size)

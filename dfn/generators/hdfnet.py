@@ -1,0 +1,110 @@
+"""HDFNet (Pang et al., ECCV 2020) as a filter generator: per-pixel depthwise filters at several dilations.
+
+HDFNet's dynamic dilated pyramid module generates, from a second stream (depth), per-pixel and
+per-channel (depthwise) 3×3 kernels for several dilation rates (1, 3, 5), applies each to the RGB
+features (unfold × kernel, summed over the window) and fuses the branches by concatenation and a
+conv (REFERENCE §3).
+
+Adaptation to frame prediction (what is generated, from what, and how it becomes the next frame):
+
+- A 1x1 conv on the predictor's features generates, per pixel, a 3×3 filter for every frame channel
+  and every dilation — (B, D, C, 9, H, W) — plus D branch logits per pixel (B, D, H, W).
+- `MultiDilationFiltering` applies each branch's filters to the *latest frame* (not to features) with
+  `dfn.ops.local_filter` (per-channel filters, no unfold), then fuses the D branch outputs with the
+  per-pixel softmax of the branch logits. HDFNet's concat + conv fusion is replaced by these generated
+  convex weights, which keeps the filtering layer parameter-free and, together with the softmax over
+  each 3×3 window (DFN's normalisation, ``softmax=True``), makes every predicted pixel a convex
+  combination of input pixels — predictions stay in [0, 1].
+
+A dilated 3×3 reaches as far as a (2d+1)×(2d+1) window with 9 taps, so dilations (1, 3, 5) cover an
+11×11 neighbourhood sparsely; motion between the taps needs the branches to blend.
+Only ``mode="local"`` exists: the method's filters are per pixel (its per-sample counterpart is DMNet).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from einops import rearrange, reduce
+from torch import nn
+
+from dfn.generators.base import FilterGenerator, Mode
+from dfn.generators.dfn import he_uniform_
+from dfn.ops import local_filter
+
+
+class MultiDilationFiltering(nn.Module):
+    """Per-pixel, per-channel K×K filtering at several dilations, fused by per-pixel branch weights.
+
+    forward(frame (B, C, H, W), (filters (B, D, C, K*K, H, W), branch_logits (B, D, H, W))) -> (B, C, H, W).
+    Parameter-free: softmax over each window (if ``softmax``) and over the D branches, both here.
+    """
+
+    def __init__(self, kernel_size: int, dilations: tuple[int, ...], softmax: bool) -> None:
+        super().__init__()
+        self.kernel_size, self.dilations, self.softmax = kernel_size, tuple(dilations), softmax
+
+    def forward(self, frame: torch.Tensor, filters: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        kernels, branch_logits = filters
+        D = len(self.dilations)
+        if kernels.dim() != 6 or kernels.shape[1] != D or kernels.shape[3] != self.kernel_size**2:
+            raise ValueError(f"MultiDilationFiltering: filters must be (B, {D}, C, {self.kernel_size**2}, H, W), "
+                             f"got {tuple(kernels.shape)}")
+        if self.softmax:
+            kernels = torch.softmax(kernels, dim=3)  # over the window: each branch is a convex combination
+        weights = torch.softmax(branch_logits, dim=1)  # (B, D, H, W): convex weights over the branches
+        branches = torch.stack([local_filter(frame, kernels[:, i], dilation=d)  # (B, C, H, W) each
+                                for i, d in enumerate(self.dilations)], dim=1)  # (B, D, C, H, W)
+        return reduce(branches * rearrange(weights, "b d h w -> b d 1 h w"), "b d c h w -> b c h w", "sum")
+
+
+class HDFNet(FilterGenerator):
+    """Per-pixel, per-channel dilated filters (default 3×3 at dilations 1, 3, 5) with per-pixel fusion.
+
+    forward(features (B, F, H, W)) -> (filters (B, D, C, K*K, H, W), branch_logits (B, D, H, W)), un-normalised.
+    """
+
+    def __init__(
+        self,
+        kernel_size: int = 3,  # HDFNet paper: 3x3 kernels
+        mode: Mode = "local",  # HDFNet: per-pixel kernels; "conv" is rejected (see DMNet)
+        dilations: tuple[int, ...] = (1, 3, 5),  # HDFNet paper: dilation rates 1, 3, 5
+        softmax: bool = True,  # DFN paper: softmax over the filter values (keeps frames in [0, 1])
+    ) -> None:
+        if mode != "local":
+            raise ValueError(f"HDFNet: mode must be 'local' (its filters are per pixel); got {mode!r}. "
+                             f"For per-sample multi-scale filters use DMNet.")
+        super().__init__(kernel_size, mode)
+        dilations = tuple(dilations)
+        if not dilations or any(not isinstance(d, int) or d < 1 for d in dilations):
+            raise ValueError(f"HDFNet: dilations must be a non-empty sequence of integers >= 1, got {dilations!r}")
+        self.dilations, self.softmax = dilations, softmax
+
+    def _build(self, features: int, channels: int) -> None:
+        self.filtering = MultiDilationFiltering(self.kernel_size, self.dilations, self.softmax)
+        D, kk = len(self.dilations), self.kernel_size**2
+        # One 1x1 conv makes everything: D·C·K*K filter values and D branch logits per pixel (none for a
+        # single branch: a softmax over one value is constant). HDFNet's kernel generator is conv3x3 +
+        # dense block + conv1x1; the predictor's decoder plays that role.
+        self.logits = D if D > 1 else 0
+        self.head = he_uniform_(nn.Conv2d(features, D * channels * kk + self.logits, 1))
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """features (B, F, H, W) -> (filters (B, D, C, K*K, H, W), branch_logits (B, D, H, W))."""
+        D = len(self.dilations)
+        out = self.head(features)  # (B, D*C*K*K [+ D], H, W)
+        values = out[:, : out.shape[1] - self.logits]  # (B, D*C*K*K, H, W)
+        if self.logits:
+            branch_logits = out[:, -D:]  # (B, D, H, W)
+        else:
+            branch_logits = out.new_zeros(out.shape[0], 1, *out.shape[2:])  # (B, 1, H, W): the only branch
+        filters = rearrange(values, "b (d c k) h w -> b d c k h w", d=D, c=self.channels)  # (B, D, C, K*K, H, W)
+        return filters, branch_logits
+
+    def summary(self) -> dict[str, Any]:
+        return {**super().summary(), "dilations": list(self.dilations), "softmax": self.softmax,
+                "fusion": "per-pixel softmax branch weights"}
+
+
+__all__ = ["HDFNet", "MultiDilationFiltering"]

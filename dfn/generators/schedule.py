@@ -1,0 +1,78 @@
+"""Temperature annealing for softmax-attention generators (DynamicConv, Chen et al., CVPR 2020).
+
+DynamicConv divides its attention logits by a temperature τ that decreases linearly from 30 to 1 over
+the first 10 (of 100) training epochs: a large τ keeps the attention near uniform early on, so every
+kernel is optimised instead of a few winning at random; the paper reports a clear accuracy drop without
+it (REFERENCE §3: "DynamicConv without the temperature schedule trains poorly").
+
+`TemperatureAnnealing` is a Lightning callback: before every training batch it computes τ for the
+current optimizer step and writes it into every submodule of the LightningModule that has a
+``temperature`` attribute (a tensor buffer is filled in place so it stays in the checkpoint), and logs
+it as ``generator/temperature``. It keys on ``trainer.global_step``, so a resumed run continues the
+schedule where it stopped.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+
+
+def annealed_temperature(step: int, start: float, end: float, anneal_steps: int) -> float:
+    """τ at optimizer step ``step``: linear from ``start`` (step 0) to ``end`` (step ``anneal_steps``), then constant."""
+    if anneal_steps <= 0:
+        return end
+    progress = min(max(step, 0) / anneal_steps, 1.0)
+    return start + (end - start) * progress
+
+
+def modules_with_temperature(module: nn.Module) -> list[nn.Module]:
+    """Every submodule of ``module`` (itself included) that exposes a ``temperature`` attribute."""
+    return [m for m in module.modules() if hasattr(m, "temperature")]
+
+
+def set_temperature(module: nn.Module, value: float) -> int:
+    """Set ``temperature`` on every submodule that has one; returns how many were set."""
+    targets = modules_with_temperature(module)
+    for m in targets:
+        current = getattr(m, "temperature")
+        if isinstance(current, torch.Tensor):
+            current.fill_(value)  # a buffer: keep it a tensor (and in the state dict)
+        else:
+            setattr(m, "temperature", float(value))
+    return len(targets)
+
+
+class TemperatureAnnealing(L.Callback):
+    """Anneal every ``temperature`` in the model linearly from ``start`` to ``end`` over ``anneal_steps`` steps."""
+
+    def __init__(
+        self,
+        start: float = 30.0,  # DynamicConv paper: τ starts at 30
+        end: float = 1.0,  # DynamicConv paper: τ ends at 1
+        anneal_steps: int = 2000,  # DynamicConv: first 10 % of training (10 of 100 epochs) = 10 % of DFN's 20,000 iterations
+    ) -> None:
+        if not (start > 0 and end > 0):
+            raise ValueError(f"TemperatureAnnealing: start and end must be > 0, got start={start}, end={end}")
+        if anneal_steps < 0:
+            raise ValueError(f"TemperatureAnnealing: anneal_steps must be >= 0, got {anneal_steps}")
+        self.start, self.end, self.anneal_steps = start, end, anneal_steps
+
+    def temperature(self, step: int) -> float:
+        """τ at optimizer step ``step``."""
+        return annealed_temperature(step, self.start, self.end, self.anneal_steps)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not modules_with_temperature(pl_module):
+            rank_zero_warn("TemperatureAnnealing: no module of the model has a `temperature` attribute; "
+                           "the callback does nothing (is the generator DynamicConv?)")
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        tau = self.temperature(trainer.global_step)
+        if set_temperature(pl_module, tau):
+            pl_module.log("generator/temperature", tau, on_step=True, on_epoch=False)
+
+
+__all__ = ["TemperatureAnnealing", "annealed_temperature", "set_temperature", "modules_with_temperature"]

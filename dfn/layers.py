@@ -1,0 +1,120 @@
+"""The paper's dynamic filtering layers (De Brabandere et al. 2016) as parameter-free modules.
+
+A filter-generating network produces the filters; these layers only apply them to a frame. They
+never build filters themselves, so any generator (dfn.generators) can be combined with either.
+
+* ``DynamicLocalFiltering`` — one K×K filter per sample and pixel (the Moving MNIST / highway
+  models). Generator output: (B, K*K[+1], H, W), or per channel (B, C, K*K[+1], H, W).
+* ``DynamicConvolution`` — one K×K filter per sample, shared by every position and channel.
+  Generator output: (B, K*K[+1]).
+
+Filter channel k is the window offset (dy, dx) = (k // K - K//2, k % K - K//2), row-major
+(REFERENCE §1). With ``softmax=True`` the K*K values are normalised so each output pixel is a
+convex combination of its neighbourhood. With ``dynamic_bias=True`` the last channel is a
+generated bias added to the frame *before* filtering.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from dfn.ops import dynamic_conv, local_filter
+
+
+def _check_hparams(name: str, kernel_size: int, dilation: int) -> None:
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 \
+            or kernel_size % 2 == 0:
+        raise ValueError(f"{name}: kernel_size must be an odd integer >= 1; got {kernel_size!r}")
+    if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
+        raise ValueError(f"{name}: dilation must be an integer >= 1; got {dilation!r}")
+
+
+class DynamicLocalFiltering(nn.Module):
+    """Apply generated per-pixel filters to a frame (paper defaults: 9×9, softmax on).
+
+    forward(frame, filters):
+        frame: (B, C, H, W).
+        filters: (B, K*K[+1], H, W) shared by the channels, or (B, C, K*K[+1], H, W) per channel;
+            raw generator output (the softmax is applied here when enabled).
+        returns: (B, C, H, W); in [0, 1] for frames in [0, 1] with softmax on and no bias.
+    """
+
+    def __init__(self, kernel_size: int = 9, dilation: int = 1, softmax: bool = True,
+                 dynamic_bias: bool = False) -> None:
+        super().__init__()
+        _check_hparams(type(self).__name__, kernel_size, dilation)
+        self.kernel_size, self.dilation = kernel_size, dilation
+        self.softmax, self.dynamic_bias = softmax, dynamic_bias
+
+    @property
+    def filter_channels(self) -> int:
+        """How many channels the generator must produce per pixel (and per channel)."""
+        return self.kernel_size**2 + int(self.dynamic_bias)
+
+    def extra_repr(self) -> str:
+        return (f"kernel_size={self.kernel_size}, dilation={self.dilation}, "
+                f"softmax={self.softmax}, dynamic_bias={self.dynamic_bias}")
+
+    def forward(self, frame: Tensor, filters: Tensor) -> Tensor:
+        name, kk = type(self).__name__, self.kernel_size**2
+        if not isinstance(filters, Tensor) or filters.dim() not in (4, 5) \
+                or filters.shape[-3] != self.filter_channels:
+            got = tuple(filters.shape) if isinstance(filters, Tensor) else type(filters).__name__
+            raise ValueError(f"{name}: filters must be (B, {self.filter_channels}, H, W) or "
+                             f"(B, C, {self.filter_channels}, H, W) for kernel_size="
+                             f"{self.kernel_size}, dynamic_bias={self.dynamic_bias}; got {got}")
+        axis = filters.dim() - 3  # the K*K[+1] axis: 1 for shared, 2 for per-channel filters
+        weights = filters.narrow(axis, 0, kk)  # (B, [C,] K*K, H, W)
+        if self.softmax:
+            weights = torch.softmax(weights, dim=axis)
+        if self.dynamic_bias:
+            # (B, 1, H, W) shared, broadcast over C; per-channel (B, C, H, W).
+            bias = filters.select(axis, kk)
+            frame = frame + (bias.unsqueeze(1) if axis == 1 else bias)
+        return local_filter(frame, weights, self.dilation)
+
+
+class DynamicConvolution(nn.Module):
+    """Apply one generated K×K filter per sample to every position and channel of a frame.
+
+    forward(frame, filters):
+        frame: (B, C, H, W).
+        filters: (B, K*K[+1]) raw generator output (softmax applied here when enabled).
+        returns: (B, C, H, W), 'same' zero padding, the filter applied depthwise to each channel.
+    """
+
+    def __init__(self, kernel_size: int = 9, dilation: int = 1, softmax: bool = True,
+                 dynamic_bias: bool = False) -> None:
+        super().__init__()
+        _check_hparams(type(self).__name__, kernel_size, dilation)
+        self.kernel_size, self.dilation = kernel_size, dilation
+        self.softmax, self.dynamic_bias = softmax, dynamic_bias
+
+    @property
+    def filter_channels(self) -> int:
+        """How many values the generator must produce per sample."""
+        return self.kernel_size**2 + int(self.dynamic_bias)
+
+    def extra_repr(self) -> str:
+        return (f"kernel_size={self.kernel_size}, dilation={self.dilation}, "
+                f"softmax={self.softmax}, dynamic_bias={self.dynamic_bias}")
+
+    def forward(self, frame: Tensor, filters: Tensor) -> Tensor:
+        name, K = type(self).__name__, self.kernel_size
+        if not isinstance(frame, Tensor) or frame.dim() != 4:
+            got = tuple(frame.shape) if isinstance(frame, Tensor) else type(frame).__name__
+            raise ValueError(f"{name}: frame must be (B, C, H, W); got {got}")
+        B, C = frame.shape[:2]
+        if not isinstance(filters, Tensor) or tuple(filters.shape) != (B, self.filter_channels):
+            got = tuple(filters.shape) if isinstance(filters, Tensor) else type(filters).__name__
+            raise ValueError(f"{name}: filters must be (B, K*K[+1]) = ({B}, {self.filter_channels}) "
+                             f"for frame {tuple(frame.shape)}; got {got}")
+        weights = filters[:, :K * K]  # (B, K*K)
+        if self.softmax:
+            weights = torch.softmax(weights, dim=1)
+        if self.dynamic_bias:
+            frame = frame + filters[:, K * K].view(B, 1, 1, 1)  # (B,) bias, before filtering
+        # The same K×K filter for every channel: depthwise conv, groups=C, weight (B, C, 1, K, K).
+        weight = weights.reshape(B, 1, 1, K, K).expand(B, C, 1, K, K)
+        return dynamic_conv(frame, weight, padding="same", dilation=self.dilation, groups=C)

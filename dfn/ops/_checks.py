@@ -1,0 +1,152 @@
+"""Input validation shared by the dynamic filtering operators.
+
+Every check raises ``ValueError`` naming the expected and the received shape, so a caller with a
+wrongly shaped generator output reads what went wrong instead of a stack trace from inside torch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def shape_str(t: Tensor) -> str:
+    """``(2, 81, 8, 8)`` — a tensor's shape as a plain tuple string."""
+    return str(tuple(t.shape))
+
+
+def odd_window(kk: int) -> int | None:
+    """The odd ``K`` with ``K*K == kk``, or None when ``kk`` is not the square of an odd integer."""
+    if kk < 1:
+        return None
+    k = math.isqrt(kk)
+    return k if k * k == kk and k % 2 == 1 else None
+
+
+def check_positive_int(name: str, what: str, value: object) -> int:
+    """``value`` as an int ≥ 1, else ValueError (bools are rejected: ``True`` is not a dilation)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: {what} must be an integer >= 1; got {value!r}")
+    return value
+
+
+def check_tensor(name: str, what: str, t: object, dims: int | tuple[int, ...]) -> Tensor:
+    """``t`` must be a floating tensor with ``dims`` dimensions."""
+    if not isinstance(t, Tensor):
+        raise ValueError(f"{name}: {what} must be a torch.Tensor; got {type(t).__name__}")
+    ok = (dims,) if isinstance(dims, int) else dims
+    if t.dim() not in ok:
+        raise ValueError(f"{name}: {what} must have {' or '.join(map(str, ok))} dimensions; "
+                         f"got shape {shape_str(t)}")
+    if not t.is_floating_point():
+        raise ValueError(f"{name}: {what} must be a floating-point tensor; got {t.dtype} "
+                         f"with shape {shape_str(t)}")
+    return t
+
+
+def check_same_dtype_device(name: str, x: Tensor, other: Tensor, what: str) -> None:
+    """``other`` must share ``x``'s dtype and device (we never silently cast generated filters)."""
+    if other.dtype != x.dtype:
+        raise ValueError(f"{name}: {what} dtype {other.dtype} (shape {shape_str(other)}) must match "
+                         f"x dtype {x.dtype} (shape {shape_str(x)})")
+    if other.device != x.device:
+        raise ValueError(f"{name}: {what} is on {other.device} (shape {shape_str(other)}) but x is on "
+                         f"{x.device} (shape {shape_str(x)})")
+
+
+def check_local_filter(x: object, filters: object, dilation: object) -> tuple[int, bool]:
+    """Validate ``local_filter`` arguments; returns ``(K, per_channel)``.
+
+    x: (B, C, H, W); filters: (B, K*K, H, W) shared by the channels or (B, C, K*K, H, W) per channel.
+    """
+    name = "local_filter"
+    x = check_tensor(name, "x", x, 4)
+    check_positive_int(name, "dilation", dilation)
+    B, C, H, W = x.shape
+    expected = (f"filters must be (B, K*K, H, W) = ({B}, K*K, {H}, {W}) "
+                f"or (B, C, K*K, H, W) = ({B}, {C}, K*K, {H}, {W})")
+    if not isinstance(filters, Tensor):
+        raise ValueError(f"{name}: {expected}; got {type(filters).__name__}")
+    if filters.dim() not in (4, 5):
+        raise ValueError(f"{name}: {expected}; got {shape_str(filters)} "
+                         f"({filters.dim()} dimensions)")
+    per_channel = filters.dim() == 5
+    got = shape_str(filters)
+    if filters.shape[0] != B or filters.shape[-2:] != (H, W):
+        raise ValueError(f"{name}: {expected}; got {got}: batch/height/width do not match "
+                         f"x of shape {shape_str(x)}")
+    if per_channel and filters.shape[1] != C:
+        raise ValueError(f"{name}: {expected}; got {got}: {filters.shape[1]} filter channel groups "
+                         f"for x with C = {C}")
+    kk = filters.shape[-3]
+    k = odd_window(kk)
+    if k is None:
+        raise ValueError(f"{name}: {expected}; got {got}: {kk} is not the square of an odd K")
+    if not filters.is_floating_point():
+        raise ValueError(f"{name}: filters must be floating point; got {filters.dtype} "
+                         f"with shape {got}")
+    check_same_dtype_device(name, x, filters, "filters")
+    return k, per_channel
+
+
+def pair(name: str, what: str, v: object, minimum: int) -> tuple[int, int]:
+    """An int or a pair of ints, each ≥ ``minimum``, as a pair."""
+    vals = (v, v) if isinstance(v, int) and not isinstance(v, bool) else v
+    if (not isinstance(vals, (tuple, list)) or len(vals) != 2
+            or not all(isinstance(a, int) and not isinstance(a, bool) and a >= minimum for a in vals)):
+        raise ValueError(f"{name}: {what} must be an int >= {minimum} or a pair of them; got {v!r}")
+    return int(vals[0]), int(vals[1])
+
+
+def check_dynamic_conv(x: object, weight: object, bias: object, stride: object, padding: object,
+                       dilation: object, groups: object
+                       ) -> tuple[tuple[int, int], tuple[int, int, int, int], tuple[int, int]]:
+    """Validate ``dynamic_conv`` arguments.
+
+    Returns ``(stride, (left, right, top, bottom) padding, dilation)``, padding resolved to explicit
+    amounts ("same" follows F.conv2d: the odd extra pixel of an even kernel goes right/bottom).
+    """
+    name = "dynamic_conv"
+    x = check_tensor(name, "x", x, 4)
+    B, C, H, W = x.shape
+    g = check_positive_int(name, "groups", groups)
+    if C % g:
+        raise ValueError(f"{name}: x channels {C} (x shape {shape_str(x)}) must be divisible "
+                         f"by groups={g}")
+    expected = f"weight must be (B, O, C/groups, kh, kw) = ({B}, O, {C // g}, kh, kw)"
+    if not isinstance(weight, Tensor) or weight.dim() != 5:
+        got = shape_str(weight) if isinstance(weight, Tensor) else type(weight).__name__
+        raise ValueError(f"{name}: {expected}; got {got}")
+    Bw, O, Cg, kh, kw = weight.shape
+    if Bw != B or Cg != C // g or kh < 1 or kw < 1:
+        raise ValueError(f"{name}: {expected}; got {shape_str(weight)} for x of shape {shape_str(x)}")
+    if O % g:
+        raise ValueError(f"{name}: output channels O={O} (weight shape {shape_str(weight)}) must be "
+                         f"divisible by groups={g}")
+    check_same_dtype_device(name, x, weight, "weight")
+    if bias is not None:
+        if not isinstance(bias, Tensor) or tuple(bias.shape) != (B, O):
+            got = shape_str(bias) if isinstance(bias, Tensor) else type(bias).__name__
+            raise ValueError(f"{name}: bias must be (B, O) = ({B}, {O}) or None; got {got}")
+        check_same_dtype_device(name, x, bias, "bias")
+    s = pair(name, "stride", stride, 1)
+    d = pair(name, "dilation", dilation, 1)
+    if padding == "same":
+        if s != (1, 1):
+            raise ValueError(f"{name}: padding='same' is only defined for stride 1 (as in F.conv2d); "
+                             f"got stride={stride!r}")
+        th, tw = d[0] * (kh - 1), d[1] * (kw - 1)
+        pads = (tw // 2, tw - tw // 2, th // 2, th - th // 2)
+    elif padding == "valid":
+        pads = (0, 0, 0, 0)
+    else:
+        ph, pw = pair(name, "padding ('same', 'valid', int or (int, int))", padding, 0)
+        pads = (pw, pw, ph, ph)
+    Ho = (H + pads[2] + pads[3] - d[0] * (kh - 1) - 1) // s[0] + 1
+    Wo = (W + pads[0] + pads[1] - d[1] * (kw - 1) - 1) // s[1] + 1
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"{name}: kernel {(kh, kw)} with dilation {d} and padding {padding!r} does not "
+                         f"fit x of shape {shape_str(x)}")
+    return s, pads, d

@@ -1,0 +1,248 @@
+"""dfn.ops: fast paths against the einops references, gradients, hand-computed cases, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dfn.ops import (dynamic_conv, dynamic_conv_loop, dynamic_conv_reference, local_filter,
+                     local_filter_reference)
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def _filters(B: int, C: int, K: int, H: int, W: int, per_channel: bool, **kw) -> torch.Tensor:
+    shape = (B, C, K * K, H, W) if per_channel else (B, K * K, H, W)
+    return torch.randn(shape, **kw)
+
+
+# ---------------------------------------------------------------- local_filter: values and grads
+
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("K,dilation,C,H,W", [
+    (1, 1, 2, 5, 7), (3, 1, 1, 6, 9), (3, 2, 3, 7, 5), (5, 1, 2, 8, 6), (5, 3, 1, 9, 11),
+    (9, 1, 1, 12, 10), (3, 5, 2, 4, 6),  # dilation so large some taps miss the frame entirely
+])
+def test_local_filter_matches_reference(K, dilation, C, H, W, per_channel):
+    torch.manual_seed(K * 100 + dilation * 10 + C)
+    x = torch.randn(2, C, H, W, dtype=torch.float64)
+    f = _filters(2, C, K, H, W, per_channel, dtype=torch.float64)
+    out = local_filter(x, f, dilation)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    torch.testing.assert_close(out, local_filter_reference(x, f, dilation))
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("K,dilation,C", [(3, 1, 1), (3, 2, 3), (5, 1, 2)])
+def test_local_filter_gradcheck(K, dilation, C, per_channel):
+    torch.manual_seed(0)
+    x = torch.randn(2, C, 5, 6, dtype=torch.float64, requires_grad=True)
+    f = _filters(2, C, K, 5, 6, per_channel, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: local_filter(a, b, dilation), (x, f))
+
+
+def test_local_filter_gradients_match_reference():
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64, requires_grad=True)
+    f = torch.randn(2, 25, 9, 8, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 3, 9, 8, dtype=torch.float64)
+    fast = torch.autograd.grad(local_filter(x, f, 2), (x, f), g)
+    ref = torch.autograd.grad(local_filter_reference(x, f, 2), (x, f), g)
+    for a, b in zip(fast, ref):
+        torch.testing.assert_close(a, b)
+
+
+def test_local_filter_grad_only_for_filters():
+    x = torch.randn(1, 1, 4, 4)
+    f = torch.randn(1, 9, 4, 4, requires_grad=True)
+    (gf,) = torch.autograd.grad(local_filter(x, f).sum(), (f,))
+    assert gf.shape == f.shape
+
+
+@pytest.mark.parametrize("dy,dx", [(-1, 0), (1, 2), (-2, -2), (0, 0), (2, -1)])
+def test_one_hot_filter_shifts_image(dy, dx):
+    K, H, W = 5, 6, 7
+    x = torch.arange(H * W, dtype=torch.float32).reshape(1, 1, H, W) + 1
+    f = torch.zeros(1, K * K, H, W)
+    f[:, (dy + K // 2) * K + (dx + K // 2)] = 1.0  # row-major window: channel of offset (dy, dx)
+    out = local_filter(x, f)
+    expected = torch.zeros_like(x)  # out[i, j] = x[i + dy, j + dx], zero where that leaves the image
+    for i in range(H):
+        for j in range(W):
+            if 0 <= i + dy < H and 0 <= j + dx < W:
+                expected[0, 0, i, j] = x[0, 0, i + dy, j + dx]
+    torch.testing.assert_close(out, expected)
+
+
+def test_dilated_one_hot_filter_shift():
+    x = torch.rand(1, 2, 9, 9)
+    f = torch.zeros(1, 9, 9, 9)
+    f[:, 0] = 1.0  # offset (-1, -1) times dilation 3 -> (-3, -3)
+    out = local_filter(x, f, dilation=3)
+    torch.testing.assert_close(out[..., 3:, 3:], x[..., :-3, :-3])
+    assert out[..., :3, :].abs().max() == 0 and out[..., :, :3].abs().max() == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_local_filter_half_precision(dtype, per_channel):
+    torch.manual_seed(2)
+    x = torch.rand(2, 3, 10, 12)
+    f = torch.softmax(_filters(2, 3, 5, 10, 12, per_channel), dim=-3)
+    ref = local_filter_reference(x, f)
+    xh, fh = x.to(dtype).requires_grad_(), f.to(dtype).requires_grad_()
+    out = local_filter(xh, fh)
+    assert out.dtype == dtype
+    tol = 1e-2 if dtype == torch.float16 else 3e-2
+    torch.testing.assert_close(out.float(), ref, atol=tol, rtol=tol)
+    out.float().sum().backward()
+    assert xh.grad.dtype == dtype and fh.grad.dtype == dtype
+    xr, fr = x.clone().requires_grad_(), f.clone().requires_grad_()
+    local_filter_reference(xr, fr).sum().backward()
+    torch.testing.assert_close(xh.grad.float(), xr.grad, atol=5 * tol, rtol=tol)
+    torch.testing.assert_close(fh.grad.float(), fr.grad, atol=5 * tol, rtol=tol)
+
+
+@CUDA
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_local_filter_cuda(per_channel):
+    x = torch.rand(2, 3, 16, 16, device="cuda", requires_grad=True)
+    f = _filters(2, 3, 5, 16, 16, per_channel, device="cuda").requires_grad_()
+    out = local_filter(x, f, 2)
+    torch.testing.assert_close(out, local_filter_reference(x, f, 2))
+    out.sum().backward()
+    assert x.grad.device.type == "cuda" and f.grad.shape == f.shape
+
+
+# ---------------------------------------------------------------- dynamic_conv
+
+CONV_CASES = [
+    dict(),
+    dict(groups=2),
+    dict(stride=2, padding="valid"),
+    dict(stride=(2, 1), padding=1, groups=2),
+    dict(padding=(1, 2), dilation=2),
+    dict(padding="same", dilation=(2, 1), groups=4),
+]
+
+
+@pytest.mark.parametrize("kwargs", CONV_CASES)
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_dynamic_conv_matches_loop_and_reference(kwargs, use_bias):
+    torch.manual_seed(3)
+    B, C, O = 3, 4, 8
+    groups = kwargs.get("groups", 1)
+    x = torch.randn(B, C, 9, 10, dtype=torch.float64)
+    w = torch.randn(B, O, C // groups, 3, 3, dtype=torch.float64)
+    b = torch.randn(B, O, dtype=torch.float64) if use_bias else None
+    out = dynamic_conv(x, w, b, **kwargs)
+    per_sample = torch.cat([F.conv2d(x[i:i + 1], w[i], None if b is None else b[i],
+                                     **{"padding": "same", **kwargs}) for i in range(B)])
+    torch.testing.assert_close(out, per_sample)
+    torch.testing.assert_close(dynamic_conv_loop(x, w, b, **kwargs), per_sample)
+    torch.testing.assert_close(dynamic_conv_reference(x, w, b, **kwargs), per_sample)
+
+
+def test_dynamic_conv_even_kernel_same_padding():
+    x = torch.randn(2, 3, 7, 8, dtype=torch.float64)
+    w = torch.randn(2, 5, 3, 2, 4, dtype=torch.float64)
+    out = dynamic_conv(x, w)
+    assert out.shape == (2, 5, 7, 8)
+    torch.testing.assert_close(dynamic_conv_reference(x, w), out)
+    torch.testing.assert_close(dynamic_conv_loop(x, w), out)
+
+
+@pytest.mark.parametrize("kwargs", [dict(groups=2), dict(stride=2, padding="valid"),
+                                    dict(padding=1, dilation=2)])
+def test_dynamic_conv_gradcheck(kwargs):
+    torch.manual_seed(4)
+    groups = kwargs.get("groups", 1)
+    x = torch.randn(2, 4, 6, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 4, 4 // groups, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: dynamic_conv(x, w, b, **kwargs), (x, w, b))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_dynamic_conv_half_precision(dtype):
+    torch.manual_seed(5)
+    x, w = torch.rand(2, 4, 8, 8), torch.randn(2, 4, 4, 3, 3) * 0.2
+    out = dynamic_conv(x.to(dtype), w.to(dtype))
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), dynamic_conv(x, w), atol=5e-2, rtol=5e-2)
+
+
+def test_dynamic_conv_same_with_stride_raises():
+    with pytest.raises(ValueError, match="stride"):
+        dynamic_conv(torch.randn(1, 2, 8, 8), torch.randn(1, 2, 2, 3, 3), stride=2)
+
+
+# ---------------------------------------------------------------- bad input
+
+X = torch.randn(2, 3, 8, 8)
+
+LOCAL_BAD = [
+    (X, torch.randn(2, 80, 8, 8), 1, "(2, 80, 8, 8)"),  # not a square
+    (X, torch.randn(2, 16, 8, 8), 1, "(2, 16, 8, 8)"),  # even K
+    (X, torch.randn(3, 9, 8, 8), 1, "(3, 9, 8, 8)"),  # batch
+    (X, torch.randn(2, 9, 7, 8), 1, "(2, 9, 7, 8)"),  # height
+    (X, torch.randn(2, 9, 8, 9), 1, "(2, 9, 8, 9)"),  # width
+    (X, torch.randn(2, 4, 9, 8, 8), 1, "(2, 4, 9, 8, 8)"),  # channels (per-channel)
+    (X, torch.randn(2, 9, 8), 1, "(2, 9, 8)"),  # dims
+    (X, torch.randn(2, 9, 8, 8, dtype=torch.float64), 1, "(2, 9, 8, 8)"),  # dtype
+    (torch.randn(3, 8, 8), torch.randn(3, 9, 8, 8), 1, "(3, 8, 8)"),  # x dims
+    (X, torch.randn(2, 9, 8, 8), 0, "0"),  # dilation
+]
+
+
+@pytest.mark.parametrize("x,f,dilation,shape", LOCAL_BAD)
+@pytest.mark.parametrize("fn", [local_filter, local_filter_reference])
+def test_local_filter_bad_input(fn, x, f, dilation, shape):
+    with pytest.raises(ValueError) as err:
+        fn(x, f, dilation)
+    assert shape in str(err.value)
+
+
+def test_local_filter_error_message_names_expected_shape():
+    with pytest.raises(ValueError, match=r"\(2, K\*K, 8, 8\).*got \(2, 80, 8, 8\): 80 is not"):
+        local_filter(X, torch.randn(2, 80, 8, 8))
+
+
+CONV_BAD = [
+    (X, torch.randn(2, 4, 3, 3), None, {}, "(2, 4, 3, 3)"),  # dims
+    (X, torch.randn(3, 4, 3, 3, 3), None, {}, "(3, 4, 3, 3, 3)"),  # batch
+    (X, torch.randn(2, 4, 2, 3, 3), None, {}, "(2, 4, 2, 3, 3)"),  # in channels
+    (X, torch.randn(2, 4, 3, 3, 3), torch.randn(2, 5), {}, "(2, 5)"),  # bias
+    (X, torch.randn(2, 4, 3, 3, 3, dtype=torch.float64), None, {}, "(2, 4, 3, 3, 3)"),  # dtype
+    (X, torch.randn(2, 4, 1, 3, 3), None, {"groups": 2}, "(2, 3, 8, 8)"),  # C % groups
+    (X, torch.randn(2, 4, 3, 3, 3), None, {"padding": "full"}, "'full'"),
+    (X, torch.randn(2, 4, 3, 9, 9), None, {"padding": "valid"}, "(2, 3, 8, 8)"),  # too big
+]
+
+
+@pytest.mark.parametrize("x,w,b,kwargs,shape", CONV_BAD)
+@pytest.mark.parametrize("fn", [dynamic_conv, dynamic_conv_reference, dynamic_conv_loop])
+def test_dynamic_conv_bad_input(fn, x, w, b, kwargs, shape):
+    with pytest.raises(ValueError) as err:
+        fn(x, w, b, **kwargs)
+    assert shape in str(err.value)
+
+
+# ---------------------------------------------------------------- benchmark smoke test
+
+def test_bench_ops_quick_prints_json():
+    proc = subprocess.run([sys.executable, "-m", "dfn.bench", "ops", "--quick", "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    assert {r["operator"] for r in rows} == {"local_filter", "dynamic_conv"}
+    for r in rows:
+        for key in ("shape", "K", "dilation", "implementation", "fast_fwd_ms", "fast_fwdbwd_ms",
+                    "baseline_fwd_ms", "fast_peak_mib", "speedup_fwd", "speedup_fwdbwd",
+                    "memory_ratio", "bound_fwdbwd_ms", "fast_vs_bound_fwdbwd"):
+            assert key in r
