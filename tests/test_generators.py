@@ -222,3 +222,33 @@ def test_set_temperature_reaches_dynamicconv_inside_predictor():
     assert set_temperature(model, 7.0) == 1
     assert float(g.temperature) == 7.0
     assert "generator.temperature" in model.state_dict()  # a checkpoint keeps the τ it was trained at
+
+
+def test_temperature_annealing_callback_in_a_trainer(tmp_path):
+    import lightning as L
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.generator = built(DynamicConv(kernel_size=3, reduction=1))
+
+        def training_step(self, batch, batch_idx):
+            frame, features = batch[:, :1], batch[:, 1:]
+            return self.generator.filtering(frame, self.generator(features)).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = torch.utils.data.DataLoader(torch.rand(8, 9, 6, 6), batch_size=2)
+    model, seen = Tiny(), []
+
+    class Spy(L.Callback):  # runs after TemperatureAnnealing (callbacks run in list order)
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(float(pl_module.generator.temperature))
+
+    trainer = L.Trainer(max_steps=4, callbacks=[TemperatureAnnealing(30.0, 1.0, anneal_steps=2), Spy()],
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu")
+    trainer.fit(model, data)
+    assert seen == [30.0, 15.5, 1.0, 1.0]
+    assert trainer.callback_metrics["generator/temperature"] == 1.0

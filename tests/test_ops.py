@@ -43,7 +43,9 @@ def test_local_filter_gradcheck(K, dilation, C, per_channel):
     torch.manual_seed(0)
     x = torch.randn(2, C, 5, 6, dtype=torch.float64, requires_grad=True)
     f = _filters(2, C, K, 5, 6, per_channel, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b: local_filter(a, b, dilation), (x, f))
+    # fast_mode checks random projections of the Jacobian: same guarantee in practice, much cheaper.
+    assert torch.autograd.gradcheck(lambda a, b: local_filter(a, b, dilation), (x, f),
+                                    fast_mode=K > 3)
 
 
 def test_local_filter_gradients_match_reference():
@@ -162,10 +164,11 @@ def test_dynamic_conv_even_kernel_same_padding():
 def test_dynamic_conv_gradcheck(kwargs):
     torch.manual_seed(4)
     groups = kwargs.get("groups", 1)
-    x = torch.randn(2, 4, 6, 7, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 4, 5, 6, dtype=torch.float64, requires_grad=True)
     w = torch.randn(2, 4, 4 // groups, 3, 3, dtype=torch.float64, requires_grad=True)
     b = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, w, b: dynamic_conv(x, w, b, **kwargs), (x, w, b))
+    assert torch.autograd.gradcheck(lambda x, w, b: dynamic_conv(x, w, b, **kwargs), (x, w, b),
+                                    fast_mode=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

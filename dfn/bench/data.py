@@ -6,7 +6,8 @@ Rows: the raw Moving MNIST generator (20 frames, 64x64, uint8) at two batch size
 training loader (float tensors, as the model sees them), the same for the synthetic highway
 (6 frames), and the VideoFolder loader on a small mp4 written to a temporary folder (decoding with
 ffmpeg, gray, resized to 64x64): first epoch (decodes the file into the cache), cached epochs, and
-the seeking path used for files larger than ``cache_mb``. Targets: Moving MNIST >= 2,000 seq/s, synthetic highway >= 500 seq/s.
+the seeking path used for files larger than ``cache_mb``.
+Targets: Moving MNIST >= 2,000 seq/s, synthetic highway >= 500 seq/s.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def loader_step(loader) -> Callable[[], int]:
     return step
 
 
-def write_test_video(folder: Path, frames: int = 240, height: int = 120, width: int = 160) -> Path:
+def write_test_video(folder: Path, frames: int = 240, height: int = 128, width: int = 160) -> Path:
     """An mp4 of a bright square drifting over a gradient, for the loader benchmark."""
     import imageio.v3 as iio
 
@@ -83,13 +84,13 @@ def main(args: argparse.Namespace) -> None:
     train_digits, _ = load_embedded_digits()
     rng = np.random.default_rng(0)
     for b in (16, 256):
-        add(f"moving_mnist() generator, uint8", "moving_mnist", 20, b,
+        add("moving_mnist() generator, uint8", "moving_mnist", 20, b,
             rate(lambda: len(moving_mnist(train_digits, b, 20, 2, 64, rng)), args.seconds))
     dm = MovingMNIST(batch_size=16)
     add("MovingMNIST train loader, float", "moving_mnist", 20, 16, rate(loader_step(dm.train_dataloader()), args.seconds))
 
     for b in (16, 256):
-        add(f"synthetic_highway() generator, uint8", "synthetic_highway", 6, b,
+        add("synthetic_highway() generator, uint8", "synthetic_highway", 6, b,
             rate(lambda: len(synthetic_highway(b, 6, 64, rng)), args.seconds))
     hw = SyntheticHighway(batch_size=16)
     add("SyntheticHighway train loader, float", "synthetic_highway", 6, 16,
@@ -103,7 +104,7 @@ def main(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         n = sum(len(b) for b in loader)  # first epoch: includes decoding the file into the cache
         add("VideoFolder train, 1st epoch (decode 240 frames + cache)", "video", 6, 16, n / (time.perf_counter() - start))
-        add("VideoFolder train, cached (mp4 160x120 -> 64, shuffled)", "video", 6, 16,
+        add("VideoFolder train, cached (mp4 160x128 -> 64, shuffled)", "video", 6, 16,
             rate(loader_step(loader), args.seconds))
         seek = VideoFolder(str(path), frames_in=3, frames_out=3, image_size=64, batch_size=16, cache_mb=0)
         seek.setup("fit")

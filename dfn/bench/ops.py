@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -228,11 +229,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny shapes, few repeats (smoke test)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads for the run (default: torch's default, all "
+                             "cores); 1 gives steadier ratios on a machine shared with other jobs")
     parser.add_argument("--case", action="append", default=None, help="run only these case names")
 
 
 def main(args: argparse.Namespace) -> list[dict]:
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cases = QUICK_CASES if args.quick else CASES
     if args.case:
         cases = [c for c in cases if c.name in args.case]
@@ -247,9 +253,14 @@ def main(args: argparse.Namespace) -> list[dict]:
     results = []
     for case in cases:
         r = run_case(case, device, dtype, repeats, add_numel)
+        # Other processes on a shared machine distort timings (many small ops suffer most when a
+        # worker thread is descheduled); record the load so figures can be judged.
+        r["loadavg_1min"] = os.getloadavg()[0]
         results.append(r)
         print(json.dumps(r) if args.json else format_row(r), flush=True)
     if not args.json:
         bw = ", ".join(f"{r['bandwidth_gbs']:.1f}" for r in results)
+        load = ", ".join(f"{r['loadavg_1min']:.1f}" for r in results)
         print(f"# elementwise-add bandwidth per case (GB/s): {bw}")
+        print(f"# 1-min load average after each case ({os.cpu_count()} CPUs): {load}")
     return results

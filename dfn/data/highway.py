@@ -13,19 +13,20 @@ Everything is vectorised over the batch (numpy float32); a Python loop runs over
 
 from __future__ import annotations
 
-from typing import Literal
+from functools import partial
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .common import TAG_TEST, TAG_VAL, ClipArray, ClipDataModule, EpochStream, InfiniteBatches, fixed_sequences, to_float_clips
+from .common import (TAG_TEST, TAG_VAL, ClipArray, ClipDataModule, EpochStream, InfiniteBatches, fixed_sequences,
+                     to_float_clips)
 
 LANE = 3.6              # lane width, metres
 ROAD_HALF = 1.5 * LANE  # three lanes
 CAM_HEIGHT = 2.4        # metres above the road (a high seat: more road, verges and posts in view)
 DASH_PERIOD, DASH_LEN = 12.0, 4.0
-POST_PERIOD, POST_X, POST_H, POST_W, NUM_POSTS = 20.0, ROAD_HALF + 1.5, 1.0, 0.25, 5
+POST_PERIOD, POST_X, POST_H, POST_W, NUM_POSTS = 20.0, ROAD_HALF + 1.5, 1.0, 0.25, 4
 CAR_W, CAR_H = 1.8, 1.4
 NEAR, FAR = 1.0, 120.0
 
@@ -73,25 +74,32 @@ def synthetic_highway(num_sequences: int, num_frames: int = 6, image_size: int =
         ground = below > 0.5
         z = np.where(ground, f * CAM_HEIGHT / np.maximum(below, 1e-3), FAR).astype(np.float32)  # (B, H, 1) depth
         bend = curve * z * z                                       # (B, H, 1) road centre drifts with depth
-        X = (u - shift) * z / f + cam_x - bend                     # (B, H, W) lateral road coordinate, metres
         px = z / f                                                 # (B, H, 1) metres covered by one pixel
+        X = (u - shift) * px + (cam_x - bend)                      # (B, H, W) lateral road coordinate, metres
         fade = np.clip(1.0 - z / 60.0, 0.0, 1.0)                   # texture fades out toward the horizon
 
         # Sky with a band of hills that slides sideways as the road bends.
         hills = horizon - S * (0.04 + 0.03 * np.sin(u / S * 6.0 + hills_phase + 40.0 * curve * s))
         img = np.where(v < hills, sky - 0.15 * (v / S), sky * 0.55)  # (B, H, W)
         # Road surface and verges, textured along depth so they stream toward the camera.
-        on_road = np.abs(X) < ROAD_HALF
+        on_road = np.abs(X) < ROAD_HALF  # (B, H, W)
         ripple = np.sin(2 * np.pi * (z + s) / 2.5) * fade
         surface = np.where(on_road, asphalt + 0.03 * ripple, verge + 0.08 * np.sin(2 * np.pi * (z + s) / 5.0) * fade)
 
-        def line_cover(center: float, half_width: float) -> np.ndarray:
-            # fraction of the pixel footprint covered by a painted line: anti-aliased, fades with distance
-            return np.clip((half_width - np.abs(X - center)) / px + 0.5, 0.0, 1.0)
+        # Painted lines are symmetric about the road centre, so measure distances on |X|: one pass
+        # covers both sides. Coverage = fraction of the pixel footprint on the line (anti-aliased).
+        absX = np.abs(X)
+        inv_px = 1.0 / px  # (B, H, 1)
 
-        dash_on = (np.mod(z + s, DASH_PERIOD) < DASH_LEN).astype(np.float32)
-        cover = np.maximum(line_cover(-ROAD_HALF + 0.2, 0.12), line_cover(ROAD_HALF - 0.2, 0.12))
-        cover = np.maximum(cover, dash_on * np.maximum(line_cover(-LANE / 2, 0.1), line_cover(LANE / 2, 0.1)))
+        def line_cover(center: float, half_width: float) -> np.ndarray:
+            d = np.abs(absX - center)
+            np.subtract(half_width, d, out=d)
+            d *= inv_px
+            d += 0.5
+            return np.clip(d, 0.0, 1.0, out=d)
+
+        dash_on = (np.mod(z + s, DASH_PERIOD) < DASH_LEN).astype(np.float32)  # (B, H, 1)
+        cover = np.maximum(line_cover(ROAD_HALF - 0.2, 0.12), dash_on * line_cover(LANE / 2, 0.1))
         surface = surface + (paint - surface) * cover
         img = np.where(ground, surface, img)
 
@@ -104,10 +112,10 @@ def synthetic_highway(num_sequences: int, num_frames: int = 6, image_size: int =
             half = 0.5 * f * width / zo_
             bottom = horizon[:, None] + f * CAM_HEIGHT / zo_
             top = horizon[:, None] + f * (CAM_HEIGHT - height) / zo_
-            cols = np.abs(u[:, None] - col) < half                                       # (B, K, 1, W)
-            rows = (v[:, None] < bottom) & (v[:, None] >= top)                           # (B, K, H, 1)
             seen = ((zo > NEAR) & (zo < FAR))[:, :, None, None]
-            return cols & rows & seen
+            cols = (np.abs(u[:, None] - col) < half) & seen                              # (B, K, 1, W)
+            rows = (v[:, None] < bottom) & (v[:, None] >= top)                           # (B, K, H, 1)
+            return cols & rows
 
         first_post = POST_PERIOD - np.mod(s[:, 0, :], POST_PERIOD)                        # (B, 1) nearest post ahead
         post_z = np.repeat(first_post + np.arange(NUM_POSTS, dtype=np.float32) * POST_PERIOD, 2, axis=1)  # (B, 2P)
@@ -174,9 +182,15 @@ class SyntheticHighway(ClipDataModule):
             self.predict_set = ClipArray(np.ascontiguousarray(clips))
 
     def train_dataloader(self) -> DataLoader:
-        def make_batch(rng: np.random.Generator, batch_size: int) -> torch.Tensor:
-            return to_float_clips(self._make(rng, batch_size)).unsqueeze(2)  # (B, T, H, W) -> (B, T, 1, H, W)
-
+        # functools.partial of a module-level function: picklable for 'spawn' worker processes too
+        make_batch = partial(_float_batch, self.frames, self.image_size, self.curves, self.shake, self.num_cars)
         _, rank = self.rank_info()
         stream = InfiniteBatches(make_batch, self.batch_size, self.seed, rank)
         return EpochStream(stream, self.train_batches_per_epoch, self.num_workers, self.current_epoch)
+
+
+def _float_batch(frames: int, image_size: int, curves: bool, shake: bool, num_cars: int,
+                 rng: np.random.Generator, batch_size: int) -> torch.Tensor:
+    """One training batch: float32 (B, T, 1, S, S) in [0, 1]."""
+    clips = synthetic_highway(batch_size, frames, image_size, rng, curves, shake, num_cars)  # (B, T, S, S) uint8
+    return to_float_clips(clips).unsqueeze(2)  # (B, T, S, S) -> (B, T, 1, S, S)

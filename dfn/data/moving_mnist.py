@@ -6,10 +6,13 @@ column, y the row). For every frame: move, then a coordinate that is <= 0 or >= 
 wall and that velocity component negated; THEN the position is recorded. So frame 0 already shows the
 start position plus one step (their code records after moving, not before). A digit's top-left pixel
 corner is ``int(36 * position)`` with 36 = image_size - 28; digits are composited with ``max``.
+One difference: digits are drawn uniformly with replacement (Srivastava walks a shuffled list), which
+is the same distribution and lets every worker/rank draw independently.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -237,12 +240,15 @@ class MovingMNIST(ClipDataModule):
             self.predict_set = ClipArray(np.ascontiguousarray(clips))
 
     def train_dataloader(self) -> DataLoader:
-        pool = self.digit_sets()["train"]
-        make = self._make(pool)
-
-        def make_batch(rng: np.random.Generator, batch_size: int) -> torch.Tensor:
-            return to_float_clips(make(rng, batch_size)).unsqueeze(2)  # (B, T, H, W) -> (B, T, 1, H, W)
-
+        # functools.partial of a module-level function: picklable for 'spawn' worker processes too
+        make_batch = partial(_float_batch, self.digit_sets()["train"], self.frames, self.num_digits, self.image_size)
         _, rank = self.rank_info()
         stream = InfiniteBatches(make_batch, self.batch_size, self.seed, rank)
         return EpochStream(stream, self.train_batches_per_epoch, self.num_workers, self.current_epoch)
+
+
+def _float_batch(pool: np.ndarray, frames: int, num_digits: int, image_size: int,
+                 rng: np.random.Generator, batch_size: int) -> torch.Tensor:
+    """One training batch: float32 (B, T, 1, S, S) in [0, 1]."""
+    clips = moving_mnist(pool, batch_size, frames, num_digits, image_size, rng)  # (B, T, S, S) uint8
+    return to_float_clips(clips).unsqueeze(2)  # (B, T, S, S) -> (B, T, 1, S, S)

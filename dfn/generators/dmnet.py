@@ -53,7 +53,8 @@ class MultiScaleFiltering(nn.Module):
         branches = []
         for kernel, k in zip(kernels, self.scales):
             if kernel.shape[-2:] != (k, k):
-                raise ValueError(f"MultiScaleFiltering: scale {k} needs (B, C, {k}, {k}) kernels, got {tuple(kernel.shape)}")
+                raise ValueError(f"MultiScaleFiltering: scale {k} needs (B, C, {k}, {k}) kernels, "
+                                 f"got {tuple(kernel.shape)}")
             if self.softmax:
                 kernel = rearrange(torch.softmax(rearrange(kernel, "b c kh kw -> b c (kh kw)"), dim=-1),
                                    "b c (kh kw) -> b c kh kw", kh=k)  # (B, C, k, k), each sums to 1
@@ -103,7 +104,8 @@ class DMNet(FilterGenerator):
         B, C = features.shape[0], self.channels
         pooled_maps = {}
         if self.generated:
-            maps = rearrange(self.reduce(features), "b (s c) h w -> s b c h w", s=len(self.generated))  # (S', B, C, H, W)
+            maps = rearrange(self.reduce(features), "b (s c) h w -> s b c h w",
+                             s=len(self.generated))  # (S', B, C, H, W)
             pooled_maps = {k: F.adaptive_avg_pool2d(m, k) for m, k in zip(maps, self.generated)}  # (B, C, k, k) each
         ones = features.new_ones(B, C, 1, 1)  # the softmax-normalised 1x1 kernel: copy the frame
         kernels = tuple(pooled_maps.get(k, ones) for k in self.scales)

@@ -76,7 +76,8 @@ class DynamicConv(FilterGenerator):
         bound = math.sqrt(3.0)
         self.kernels = nn.Parameter(torch.empty(self.num_kernels, values).uniform_(-bound, bound))  # (K, K*K[+1])
         if self.mode == "local":
-            self.attention = nn.Sequential(nn.Conv2d(features, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, self.num_kernels, 1))
+            self.attention = nn.Sequential(nn.Conv2d(features, hidden, 1), nn.ReLU(),
+                                           nn.Conv2d(hidden, self.num_kernels, 1))
         else:
             self.attention = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, self.num_kernels))
         he_uniform_(self.attention)

@@ -10,7 +10,7 @@ equal accuracy. There is no public code (REFERENCE §3), so two choices here are
   by Gram–Schmidt (QR with a positive diagonal) and scaled to unit RMS per entry (norm K). This makes
   DyNet a genuinely different point from CondConv/DynamicConv, whose experts are learned. Why
   polynomials: with DFN's softmax over the window, a degree-2 fusion ``a + b·x + c·y + d·x² + e·xy +
-  f·y²`` is the log of a Gaussian, so the 6 degree-2 bases span *every* Gaussian blob filter — any
+  f·y²`` is the log of a Gaussian, so the degree-2 bases span *every* Gaussian blob filter — any
   sub-pixel displacement (the blob's centre) with any blur (its covariance): exactly the filters a
   motion predictor needs, from 5 numbers instead of K*K. (Softmax ignores the constant basis, so it
   is dropped when ``softmax=True``; it is kept with ``softmax=False``.)
@@ -116,14 +116,14 @@ class DyNet(FilterGenerator):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """features (B, F, H, W) -> Σ_j c_j B_j [, bias]: (B, K*K[+1], H, W) local / (B, K*K[+1]) conv."""
+        n = self.num_bases
         if self.mode == "local":
-            coef = self.coefficients(features)  # (B, n_bases[+1], H, W): per-pixel CPM
-            n = self.num_bases
+            coef = self.coefficients(features)  # (B, n_bases[+1], H, W): per-pixel CPM (1x1 convs)
             fused = einsum(coef[:, :n], self.bases, "b n h w, n k -> b k h w")  # (B, K*K, H, W)
-            return torch.cat([fused, coef[:, n:]], dim=1)  # (B, K*K[+1], H, W)
-        coef = self.coefficients(pooled(features))  # (B, n_bases[+1]): GAP -> FC -> ReLU -> FC
-        fused = einsum(coef[:, : self.num_bases], self.bases, "b n, n k -> b k")  # (B, K*K)
-        return torch.cat([fused, coef[:, self.num_bases :]], dim=1)  # (B, K*K[+1])
+        else:
+            coef = self.coefficients(pooled(features))  # (B, n_bases[+1]): GAP -> FC -> ReLU -> FC
+            fused = einsum(coef[:, :n], self.bases, "b n, n k -> b k")  # (B, K*K)
+        return torch.cat([fused, coef[:, n:]], dim=1)  # (B, K*K[+1][, H, W]): the bias value is appended
 
     def basis_images(self) -> torch.Tensor:
         """The fixed bases as K×K images, (n_bases, K, K), for plotting."""

@@ -21,7 +21,7 @@ from torch import nn
 
 
 def annealed_temperature(step: int, start: float, end: float, anneal_steps: int) -> float:
-    """τ at optimizer step ``step``: linear from ``start`` (step 0) to ``end`` (step ``anneal_steps``), then constant."""
+    """τ at optimizer step ``step``: linear from ``start`` (step 0) to ``end`` (step ``anneal_steps``), then flat."""
     if anneal_steps <= 0:
         return end
     progress = min(max(step, 0) / anneal_steps, 1.0)
@@ -52,7 +52,7 @@ class TemperatureAnnealing(L.Callback):
         self,
         start: float = 30.0,  # DynamicConv paper: τ starts at 30
         end: float = 1.0,  # DynamicConv paper: τ ends at 1
-        anneal_steps: int = 2000,  # DynamicConv: first 10 % of training (10 of 100 epochs) = 10 % of DFN's 20,000 iterations
+        anneal_steps: int = 2000,  # DynamicConv: first 10 of 100 epochs -> 10 % of DFN's 20,000 iterations
     ) -> None:
         if not (start > 0 and end > 0):
             raise ValueError(f"TemperatureAnnealing: start and end must be > 0, got start={start}, end={end}")

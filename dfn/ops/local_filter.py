@@ -84,20 +84,26 @@ def _backward(grad_out: Tensor, x: Tensor, filters: Tensor, K: int, dilation: in
     # A per-channel filter gradient is a single product per element: exact enough in x's dtype,
     # which halves the largest allocation for half inputs. Shared filters sum over C: float32.
     gf_dtype = cd if shared else x.dtype
-    gf = torch.zeros(filters.shape, dtype=gf_dtype, device=x.device) if need_f else None
-    for k, (di, dj), (si, sj) in _windows(K, dilation, H, W):
-        gd = g[:, :, di, dj]
-        if need_x:
+    # The filter gradient is written with full-frame slices of a zero-padded x, so every element
+    # of it is written exactly once: ``empty`` instead of ``zeros`` saves a pass over the largest
+    # tensor here (K*K frames), at the price of one padded copy of x.
+    gf = torch.empty(filters.shape, dtype=gf_dtype, device=x.device) if need_f else None
+    if need_x:
+        for k, (di, dj), (si, sj) in _windows(K, dilation, H, W):
             # The forward read x[src] into out[dst], so x[src] receives filter·grad at dst.
-            gx[:, :, si, sj].addcmul_(gd, filters[:, :, k, di, dj])
-        if need_f:
-            gf_k = gf[:, :, k, di, dj]  # (B, 1 or C, h, w) view
-            torch.mul(gd[:, :1] if shared else gd, x[:, :1, si, sj] if shared else x[:, :, si, sj],
-                      out=gf_k)
+            gx[:, :, si, sj].addcmul_(g[:, :, di, dj], filters[:, :, k, di, dj])
+    if need_f:
+        p = dilation * (K // 2)
+        xp = F.pad(x, (p, p, p, p))  # (B, C, H + 2p, W + 2p)
+        for k in range(K * K):
+            oy, ox = dilation * (k // K), dilation * (k % K)
+            xs = xp[:, :, oy:oy + H, ox:ox + W]  # (B, C, H, W) view: x shifted by offset k
+            gf_k = gf[:, :, k]  # (B, 1 or C, H, W) view
+            torch.mul(g[:, :1] if shared else g, xs[:, :1] if shared else xs, out=gf_k)
             # Shared filters: accumulate the remaining channels in place rather than reducing a
-            # (B, C, h, w) temporary over its strided C axis (slower, and one more allocation).
+            # (B, C, H, W) temporary over its strided C axis (slower, and one more allocation).
             for c in range(1, C if shared else 1):
-                gf_k.addcmul_(gd[:, c:c + 1], x[:, c:c + 1, si, sj])
+                gf_k.addcmul_(g[:, c:c + 1], xs[:, c:c + 1])
     return gx, gf
 
 

@@ -1,0 +1,96 @@
+"""Compare configs under one budget: ``python -m dfn.compare CONFIG... [--max-steps N] [--out results.md]``.
+
+Each config is trained with ``train.py fit`` (same seed, same step budget, extra overrides applied to
+all), tested on its best checkpoint, and logged to wandb in one group. The table (markdown and CSV
+beside it) lists generator, mode, parameters, FLOPs per step, seconds per iteration and every test
+metric, with copy-last-frame as the reference row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+METRICS = ("bce_per_frame", "mse_per_frame", "mae_per_frame", "ssim", "psnr")
+
+
+def run_config(config: Path, out: Path, max_steps: int, seed: int, group: str, overrides: list[str]) -> dict:
+    """Train and test one config; returns its summary.json (see dfn.cli.DFNCLI.summarise)."""
+    save_dir = out / "runs" / config.parent.name / config.stem
+    args = [sys.executable, str(ROOT / "train.py"), "fit", "--config", str(config),
+            "--seed_everything", str(seed), "--trainer.max_steps", str(max_steps),
+            "--trainer.enable_progress_bar", "false",
+            "--trainer.logger.init_args.save_dir", str(save_dir),
+            "--trainer.logger.init_args.group", group, *overrides]
+    started = time.perf_counter()
+    proc = subprocess.run(args, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{config} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    summaries = sorted(save_dir.glob("dfn/*/summary.json"), key=lambda p: p.stat().st_mtime)
+    if not summaries:
+        raise RuntimeError(f"{config}: no summary.json under {save_dir}")
+    summary = json.loads(summaries[-1].read_text())
+    summary["config"] = str(config.relative_to(ROOT) if config.is_relative_to(ROOT) else config)
+    summary["wall_seconds"] = time.perf_counter() - started
+    return summary
+
+
+def table_rows(summaries: list[dict]) -> tuple[list[str], list[list[str]]]:
+    columns = ["config", "generator", "mode", "parameters", "MFLOPs/step", "s/iter",
+               *(f"test {m}" for m in METRICS)]
+    rows = []
+    for s in summaries:
+        rows.append([s["config"], s.get("generator", "?"), s.get("mode", "?"), f"{s.get('parameters', 0):,}",
+                     f"{s.get('flops_per_step', 0) / 1e6:.1f}", f"{s.get('seconds_per_iteration') or 0:.3f}",
+                     *(f"{s.get(f'test/{m}', float('nan')):.4g}" for m in METRICS)])
+    if summaries:  # copy-last-frame: the same test set, so one row (from the first run) is the reference
+        s = summaries[0]
+        rows.append(["copy last frame", "—", "—", "0", "0", "—",
+                     *(f"{s.get(f'test/copy_last/{m}', float('nan')):.4g}" for m in METRICS)])
+    return columns, rows
+
+
+def write_tables(summaries: list[dict], out_md: Path, header: str) -> None:
+    columns, rows = table_rows(summaries)
+    lines = [header, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_md.write_text("\n".join(lines) + "\n")
+    with open(out_md.with_suffix(".csv"), "w", newline="") as f:
+        csv.writer(f).writerows([columns, *rows])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m dfn.compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("configs", nargs="+", type=Path)
+    parser.add_argument("--max-steps", type=int, default=200, help="training iterations per config")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("results/compare.md"))
+    parser.add_argument("--override", action="append", default=[], metavar="ARG",
+                        help="extra train.py argument applied to every config, e.g. "
+                             "--override=--data.init_args.test_size=512 (repeatable)")
+    args = parser.parse_args(argv)
+    missing = [str(c) for c in args.configs if not c.is_file()]
+    if missing:
+        parser.error(f"config file(s) not found: {', '.join(missing)}")
+    group = f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    out_dir = args.out.parent.resolve()
+    summaries = []
+    for config in args.configs:
+        print(f"dfn.compare: {config} ({args.max_steps} steps)", flush=True)
+        summaries.append(run_config(config.resolve(), out_dir, args.max_steps, args.seed, group, args.override))
+    command = " ".join(["python -m dfn.compare", *map(str, args.configs), f"--max-steps {args.max_steps}",
+                        f"--seed {args.seed}", *(f"--override={o}" for o in args.override)])
+    write_tables(summaries, args.out, f"Budget: {args.max_steps} iterations per config, seed {args.seed}, "
+                                      f"wandb group `{group}`. Command: `{command}`")
+    print(args.out.read_text())
+
+
+if __name__ == "__main__":
+    main()
