@@ -161,7 +161,8 @@ class DFNCLI(LightningCLI):
         print(f"dfn: run {directory} | GIFs {gif_dir} | {scores} | summary {directory / 'summary.json'}")
 
 
-def main(args: list[str] | None = None) -> DFNCLI:
+def main(args: list[str] | None = None, run: bool = True) -> DFNCLI:
+    """The CLI; with ``run=False`` only parse and instantiate (for tests and notebooks)."""
     cli = DFNCLI(
         VideoPrediction,
         L.LightningDataModule,
@@ -174,6 +175,7 @@ def main(args: list[str] | None = None) -> DFNCLI:
             "use_distributed_sampler": False,  # the data modules shard themselves without padding (exact test sets)
         },
         args=args,
+        run=run,
     )
     if cli.trainer.is_global_zero and wandb.run is not None:
         wandb.finish()  # flush history and summary now (offline: files/wandb-summary.json), not at exit

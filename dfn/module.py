@@ -52,7 +52,7 @@ class VideoPrediction(L.LightningModule):
             raise ValueError(f"frames_in and frames_out must be >= 1, got {frames_in} and {frames_out}")
         self.save_hyperparameters()
         self.predictor = VideoPredictor(generator, channels, buffer_len, encoder_width, hidden, decoder_width, features)
-        self.frames_in, self.frames_out, self.loss_name = frames_in, frames_out, loss
+        self.frames_in, self.frames_out, self.channels, self.loss_name = frames_in, frames_out, channels, loss
         self.metrics = torch.nn.ModuleDict({
             f"{stage}_{who}": FrameMetrics(frames_out, bce_eps)
             for stage in ("val", "test") for who in ("model", "copy_last")

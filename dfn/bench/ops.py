@@ -146,6 +146,8 @@ def traffic_bytes(case: Case, inputs: list[torch.Tensor], out: torch.Tensor) -> 
 
 def run_case(case: Case, device: torch.device, dtype: torch.dtype, repeats: int,
              add_numel: int) -> dict:
+    """Time (interleaved medians) and memory of baseline and fast path for one case; one flat dict
+    of figures and ratios (the JSON line). ``add_numel``: size of the bandwidth probe."""
     inputs = make_inputs(case, device, dtype)
     impls = implementations(case)
     with torch.no_grad():
@@ -194,7 +196,8 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, repeats: int,
     result["speedup_fwdbwd"] = result["baseline_fwdbwd_ms"] / result["fast_fwdbwd_ms"]
     result["memory_ratio"] = result["baseline_peak_mib"] / max(result["fast_peak_mib"], 1e-9)
     # Floor the denominator at 0.1 MiB so a zero-workspace fast path gives a finite ratio.
-    result["workspace_ratio"] = result["baseline_workspace_mib"] / max(result["fast_workspace_mib"], 0.1)
+    result["workspace_ratio"] = (result["baseline_workspace_mib"]
+                                 / max(result["fast_workspace_mib"], 0.1))
     fwd_bytes, fwdbwd_bytes = traffic_bytes(case, inputs, out)
     result["bound_fwd_ms"] = fwd_bytes / bandwidth * 1e3
     result["bound_fwdbwd_ms"] = fwdbwd_bytes / bandwidth * 1e3

@@ -14,6 +14,10 @@ Two implementations:
   shifted slices of x in place. Forward and backward allocate only the output/gradients (plus a
   float32 working copy for half inputs), i.e. O(size of x + size of filters), and every pass is over
   a frame-sized tensor that stays in cache, which is why it is also much faster on CPU.
+
+CPU caveat: the fast path issues K*K small ops (3·K*K in backward). Each multi-threaded op is an
+OpenMP fork/join, so when other processes compete for the cores a descheduled worker thread
+stalls every op; with one intra-op thread (``torch.set_num_threads(1)``) it is immune to that.
 """
 
 from __future__ import annotations
