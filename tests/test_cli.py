@@ -104,3 +104,24 @@ def test_two_processes_give_the_same_test_metrics_as_one(trained, tmp_path):
     assert one["test/sequences"] == two["test/sequences"] == 11
     for key in ("test/bce_per_frame", "test/mse_per_frame", "test/ssim", "test/psnr", "test/copy_last/bce_per_frame"):
         assert two[key] == pytest.approx(one[key], rel=1e-6), key
+
+
+def test_predict_on_the_users_own_video(trained, tmp_path):
+    # A user's clip: a bright square moving right by 2 px per frame, as an mp4.
+    frames = np.zeros((24, 48, 48, 3), dtype=np.uint8)
+    for t in range(len(frames)):
+        frames[t, 16:28, 4 + t : 16 + t] = 255
+    video = tmp_path / "my_clip.mp4"
+    iio.imwrite(video, frames, fps=10, codec="libx264")
+    cwd, *_ = trained
+    checkpoint = json.loads(run_dirs(cwd)[0].read_text())["checkpoint"]
+    out = tmp_path / "predictions"
+    model_args = TINY[:2] + [a for pair in zip(TINY[2::2], TINY[3::2]) if not pair[0].startswith("--data") for a in pair]
+    run_train(["predict", *model_args, "--ckpt_path", checkpoint, "--prediction_files.output_dir", str(out),
+               "--data", "dfn.data.VideoFolder", "--data.init_args.path", str(video),
+               "--data.init_args.predict_path", str(video), "--data.init_args.image_size", "32",
+               "--data.init_args.frames_in", "3", "--data.init_args.frames_out", "2",
+               "--data.init_args.stride", "5", "--data.init_args.batch_size", "8"], tmp_path)
+    predicted = np.load(only(sorted(out.glob("*.npy"))))
+    assert predicted.shape == (4, 2, 1, 32, 32)  # clips start at frames 0, 5, 10, 15 of 24
+    assert len(list(out.glob("*.gif"))) == 1
