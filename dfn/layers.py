@@ -30,15 +30,8 @@ def _check_hparams(name: str, kernel_size: int, dilation: int) -> None:
         raise ValueError(f"{name}: dilation must be an integer >= 1; got {dilation!r}")
 
 
-class DynamicLocalFiltering(nn.Module):
-    """Apply generated per-pixel filters to a frame (paper defaults: 9×9, softmax on).
-
-    forward(frame, filters):
-        frame: (B, C, H, W).
-        filters: (B, K*K[+1], H, W) shared by the channels, or (B, C, K*K[+1], H, W) per channel;
-            raw generator output (the softmax is applied here when enabled).
-        returns: (B, C, H, W); in [0, 1] for frames in [0, 1] with softmax on and no bias.
-    """
+class _DynamicFilterLayer(nn.Module):
+    """What both dynamic filtering layers share: K, dilation, softmax and dynamic-bias settings."""
 
     def __init__(self, kernel_size: int = 9, dilation: int = 1, softmax: bool = True,
                  dynamic_bias: bool = False) -> None:
@@ -49,12 +42,23 @@ class DynamicLocalFiltering(nn.Module):
 
     @property
     def filter_channels(self) -> int:
-        """How many channels the generator must produce per pixel (and per channel)."""
+        """How many values the generator must produce per filter: K*K, plus one for the dynamic bias."""
         return self.kernel_size**2 + int(self.dynamic_bias)
 
     def extra_repr(self) -> str:
         return (f"kernel_size={self.kernel_size}, dilation={self.dilation}, "
                 f"softmax={self.softmax}, dynamic_bias={self.dynamic_bias}")
+
+
+class DynamicLocalFiltering(_DynamicFilterLayer):
+    """Apply generated per-pixel filters to a frame (paper defaults: 9×9, softmax on).
+
+    forward(frame, filters):
+        frame: (B, C, H, W).
+        filters: (B, K*K[+1], H, W) shared by the channels, or (B, C, K*K[+1], H, W) per channel;
+            raw generator output (the softmax is applied here when enabled).
+        returns: (B, C, H, W); in [0, 1] for frames in [0, 1] with softmax on and no bias.
+    """
 
     def forward(self, frame: Tensor, filters: Tensor) -> Tensor:
         name, kk = type(self).__name__, self.kernel_size**2
@@ -75,7 +79,7 @@ class DynamicLocalFiltering(nn.Module):
         return local_filter(frame, weights, self.dilation)
 
 
-class DynamicConvolution(nn.Module):
+class DynamicConvolution(_DynamicFilterLayer):
     """Apply one generated K×K filter per sample to every position and channel of a frame.
 
     forward(frame, filters):
@@ -83,22 +87,6 @@ class DynamicConvolution(nn.Module):
         filters: (B, K*K[+1]) raw generator output (softmax applied here when enabled).
         returns: (B, C, H, W), 'same' zero padding, the filter applied depthwise to each channel.
     """
-
-    def __init__(self, kernel_size: int = 9, dilation: int = 1, softmax: bool = True,
-                 dynamic_bias: bool = False) -> None:
-        super().__init__()
-        _check_hparams(type(self).__name__, kernel_size, dilation)
-        self.kernel_size, self.dilation = kernel_size, dilation
-        self.softmax, self.dynamic_bias = softmax, dynamic_bias
-
-    @property
-    def filter_channels(self) -> int:
-        """How many values the generator must produce per sample."""
-        return self.kernel_size**2 + int(self.dynamic_bias)
-
-    def extra_repr(self) -> str:
-        return (f"kernel_size={self.kernel_size}, dilation={self.dilation}, "
-                f"softmax={self.softmax}, dynamic_bias={self.dynamic_bias}")
 
     def forward(self, frame: Tensor, filters: Tensor) -> Tensor:
         name, K = type(self).__name__, self.kernel_size

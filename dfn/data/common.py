@@ -183,7 +183,7 @@ class ClipDataModule(L.LightningDataModule):
 
     Subclasses set ``frames_in/frames_out/channels/image_size`` in ``__init__`` and fill
     ``self.val_set / self.test_set / self.predict_set`` (map-style datasets of (T, C, H, W)) in
-    ``setup``; they implement ``train_dataloader`` themselves.
+    ``setup``; they implement ``train_dataloader`` (map-style sets: ``self._shuffled_loader(train_set)``).
     """
 
     def __init__(self, frames_in: int, frames_out: int, channels: int, image_size: int,
@@ -217,6 +217,14 @@ class ClipDataModule(L.LightningDataModule):
     def current_epoch(self) -> int | None:
         trainer = getattr(self, "trainer", None)
         return None if trainer is None else int(trainer.current_epoch)
+
+    def _shuffled_loader(self, dataset: Dataset) -> DataLoader:
+        """Training loader of a map-style set: a rank-disjoint shard, reshuffled every epoch."""
+        world, rank = self.rank_info()
+        sampler = ShuffledShard(len(dataset), self.seed, rank, world)
+        # Drop a ragged last batch, unless that would leave no batch at all (tiny footage).
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler,
+                          num_workers=self.num_workers, drop_last=len(sampler) >= self.batch_size)
 
     def _eval_loader(self, dataset: Dataset | None, stage: str) -> DataLoader:
         if dataset is None:

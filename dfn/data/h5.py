@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .common import ClipDataModule, ShuffledShard, to_float_clips
+from .common import ClipDataModule, to_float_clips
 
 
 def _h5py():
@@ -144,7 +144,4 @@ class HighwayH5(ClipDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
             self.setup("fit")
-        world, rank = self.rank_info()
-        sampler = ShuffledShard(len(self.train_set), self.seed, rank, world)
-        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler,
-                          num_workers=self.num_workers, drop_last=len(sampler) >= self.batch_size)
+        return self._shuffled_loader(self.train_set)

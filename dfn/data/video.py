@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .common import ClipDataModule, ShuffledShard, seed_rng
+from .common import ClipDataModule, seed_rng
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".gif")
 LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R BT.601 weights for RGB -> gray
@@ -288,8 +288,4 @@ class VideoFolder(ClipDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
             self.setup("fit")
-        world, rank = self.rank_info()
-        sampler = ShuffledShard(len(self.train_set), self.seed, rank, world)
-        # Drop a ragged last batch, unless that would leave no batch at all (tiny footage).
-        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler,
-                          num_workers=self.num_workers, drop_last=len(sampler) >= self.batch_size)
+        return self._shuffled_loader(self.train_set)
