@@ -98,6 +98,71 @@ class PredictionGIFs(L.Callback):
         self.batches.pop("test", None)
 
 
+def filter_flow(filters: torch.Tensor, kernel_size: int, dilation: int = 1, softmax: bool = True) -> torch.Tensor:
+    """The displacement a local filter predicts (paper, Sec. 4: filters read as a flow field).
+
+    filters: (B, K*K[+1], H, W) raw local filters (an extra dynamic-bias channel is ignored).
+    Returns (B, 2, H, W): the (dy, dx) in pixels by which content moves, i.e. minus the filter's centre of
+    mass relative to the window centre (a filter that reads from the left moves content to the right).
+    """
+    k = kernel_size
+    weights = filters[:, : k * k]  # (B, K*K, H, W)
+    weights = weights.softmax(1) if softmax else weights / weights.sum(1, keepdim=True).clamp(min=1e-8)
+    offsets = (torch.arange(k, device=filters.device, dtype=weights.dtype) - k // 2) * dilation
+    dy = repeat(offsets, "i -> (i j)", j=k)  # row offset of window channel i*K + j
+    dx = repeat(offsets, "j -> (i j)", i=k)
+    flow = torch.stack([(weights * dy[:, None, None]).sum(1), (weights * dx[:, None, None]).sum(1)], dim=1)
+    return -flow  # (B, 2, H, W)
+
+
+def flow_colours(flow: torch.Tensor, max_displacement: float) -> torch.Tensor:
+    """(N, 2, H, W) displacements -> (N, 3, H, W) RGB in [0, 1]: hue = direction, brightness = length."""
+    angle = torch.atan2(flow[:, 0], flow[:, 1])  # (N, H, W) in [-pi, pi]
+    value = (flow.norm(dim=1) / max_displacement).clamp(0, 1)
+    hue = (angle / (2 * torch.pi)) % 1.0
+    # HSV -> RGB with saturation 1: each channel is a clipped triangle wave of the hue.
+    shifts = torch.tensor([0.0, 2 / 3, 1 / 3], device=flow.device)[None, :, None, None]
+    rgb = (((hue[:, None] + shifts) % 1.0 * 6 - 3).abs() - 1).clamp(0, 1)
+    return rgb * value[:, None]
+
+
+class FilterFlowGIFs(L.Callback):
+    """At every validation: a GIF of the flow field that the local filters encode, for the fixed
+    validation sequences of `PredictionGIFs` (prediction | flow colour-wheel image per predicted frame);
+    ``<run dir>/gifs/flow_epochNNN.gif``, logged to wandb. Only for generators whose filters are one
+    (B, K*K[+1], H, W) tensor (DFN-like local filters); skipped with one message otherwise."""
+
+    def __init__(self, fps: float = 4.0) -> None:
+        self.fps, self.skipped = fps, False
+
+    @rank_zero_only
+    def on_validation_end(self, trainer, pl_module):
+        gifs = next((c for c in trainer.callbacks if isinstance(c, PredictionGIFs)), None)
+        batch = gifs.batches.get("val") if gifs else None
+        layer = pl_module.generator.filtering
+        if batch is None or trainer.sanity_checking or self.skipped:
+            return
+        with torch.no_grad():
+            inputs, _ = pl_module.split(batch.to(pl_module.device))
+            predictions, filters = pl_module.predictor(inputs, pl_module.frames_out, keep_filters=True)
+        if not (isinstance(filters[0], torch.Tensor) and filters[0].dim() == 4 and hasattr(layer, "kernel_size")):
+            self.skipped = True
+            print(f"dfn: FilterFlowGIFs: {type(pl_module.generator).__name__} does not make one local filter "
+                  "per pixel; no flow maps")
+            return
+        k, dilation = layer.kernel_size, layer.dilation
+        flows = torch.stack([filter_flow(f, k, dilation, layer.softmax) for f in filters], dim=1)  # (N, T, 2, H, W)
+        colours = flow_colours(rearrange(flows, "n t d h w -> (n t) d h w"), max_displacement=dilation * (k // 2))
+        colours = rearrange(colours, "(n t) c h w -> n t c h w", n=len(flows))
+        shown = repeat(predictions[:, :, :1].clamp(0, 1), "n t 1 h w -> n t c h w", c=3)
+        video = rearrange(torch.cat([shown, colours], dim=-1), "n t c h w -> t (n h) w c")  # (T, N*H, 2W, 3)
+        frames = (video.cpu().numpy() * 255).round().astype(np.uint8)
+        path = write_gif(run_dir(trainer) / "gifs" / f"flow_epoch{trainer.current_epoch:03d}.gif", frames, self.fps)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_video("val/filter_flow", [str(path)], step=trainer.global_step, format=["gif"])
+
+
 class PredictionFiles(BasePredictionWriter):
     """``predict``: writes, per batch, the predicted frames as ``.npy`` (B, T_out, C, H, W) float32 in
     [0, 1], and a GIF of inputs then ground truth | prediction | error, under ``<output_dir>``

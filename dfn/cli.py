@@ -23,7 +23,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from torch.utils.flop_counter import FlopCounterMode
 
-from dfn.callbacks import HorizonTables, PredictionFiles, PredictionGIFs, run_dir, write_json
+from dfn.callbacks import FilterFlowGIFs, HorizonTables, PredictionFiles, PredictionGIFs, run_dir, write_json
 from dfn.module import VideoPrediction
 
 
@@ -36,13 +36,14 @@ def choose_wandb_mode(timeout: float = 3.0) -> str:
     has_key = bool(os.environ.get("WANDB_API_KEY"))
     if not has_key:
         try:
-            has_key = netrc.netrc().authenticators(host) is not None
-        except (FileNotFoundError, netrc.NetrcParseError):
+            has_key = netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None  # `wandb login`
+        except (OSError, netrc.NetrcParseError):
             has_key = False
     mode = "offline"
     if has_key:
         try:
-            socket.create_connection((host, 443), timeout=timeout).close()
+            port = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).port or 443
+            socket.create_connection((host, port), timeout=timeout).close()
             mode = "online"
         except OSError:
             pass
@@ -108,6 +109,7 @@ class DFNCLI(LightningCLI):
             "checkpoint.auto_insert_metric_name": False,
         })
         parser.add_lightning_class_args(PredictionGIFs, "gifs")
+        parser.add_lightning_class_args(FilterFlowGIFs, "flow_gifs")
         parser.add_lightning_class_args(PredictionFiles, "prediction_files")
         parser.add_lightning_class_args(HorizonTables, "horizon_tables")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")

@@ -9,6 +9,7 @@ selection monitors; the test set is never seen during fit.
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import lightning as L
@@ -19,6 +20,11 @@ from einops import repeat
 from dfn.generators.base import FilterGenerator
 from dfn.metrics import FrameMetrics
 from dfn.predictor import VideoPredictor
+
+# Through LightningCLI the generator is saved in the hyperparameters as its config (class_path and
+# init_args) and its weights in the state dict; Lightning's advice to ignore it would break
+# `load_from_checkpoint` without arguments, so its warning is noise here.
+warnings.filterwarnings("ignore", message="Attribute 'generator' is an instance of `nn.Module`")
 
 
 class VideoPrediction(L.LightningModule):

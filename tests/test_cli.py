@@ -36,6 +36,7 @@ def test_fit_writes_checkpoints_gifs_wandb_and_a_summary(trained):
     assert (directory / "config.yaml").is_file()
     val_gifs = sorted((directory / "gifs").glob("val_epoch*.gif"))
     assert len(val_gifs) == 2  # one per validation epoch
+    assert len(list((directory / "gifs").glob("flow_epoch*.gif"))) == 2  # the filters' flow fields
     gif = iio.imread(directory / "gifs" / "test.gif")
     assert gif.shape[0] == 5 and gif.shape[2] == 3 * 32  # 3 input + 2 predicted frames; GT | prediction | error
     # The test metrics of the best checkpoint, for the model and for copying the last frame.
@@ -96,12 +97,13 @@ def test_predict_writes_gifs_and_frames(trained, tmp_path):
 def test_two_processes_give_the_same_test_metrics_as_one(trained, tmp_path):
     cwd, *_ = trained
     checkpoint = json.loads(run_dirs(cwd)[0].read_text())["checkpoint"]
-    # 11 sequences over 2 ranks: uneven shards, neither dropped nor padded.
-    args = ["test", *TINY, "--ckpt_path", checkpoint, "--data.init_args.test_size", "11"]
+    # 9 sequences in batches of 4 over 2 ranks: shards of 5 and 4, two batches on one rank and one on
+    # the other; nothing may be dropped, padded or counted twice.
+    args = ["test", *TINY, "--ckpt_path", checkpoint, "--data.init_args.test_size", "9"]
     run_train(args, tmp_path / "one")
     run_train([*args, "--trainer.devices", "2", "--trainer.strategy", "ddp"], tmp_path / "two")
     one, two = read_summary(tmp_path / "one"), read_summary(tmp_path / "two")
-    assert one["test/sequences"] == two["test/sequences"] == 11
+    assert one["test/sequences"] == two["test/sequences"] == 9
     for key in ("test/bce_per_frame", "test/mse_per_frame", "test/ssim", "test/psnr", "test/copy_last/bce_per_frame"):
         assert two[key] == pytest.approx(one[key], rel=1e-6), key
 

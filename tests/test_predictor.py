@@ -74,3 +74,16 @@ def test_buffer_and_channels():
         predictor(torch.rand(2, 1, 3, 9, 11), frames_out=2)
     with pytest.raises(ValueError, match=r"\(B, T, C=3, H, W\)"):
         predictor(torch.rand(2, 3, 1, 9, 11), frames_out=2)
+
+
+def test_filter_flow_of_a_shifting_filter():
+    # A one-hot filter reading one pixel to the left (dx = -1) moves content one pixel right: flow (0, +1).
+    from dfn.callbacks import filter_flow, flow_colours
+
+    k = 3
+    filters = torch.full((1, k * k, 4, 5), -1e4)
+    filters[:, 1 * k + 0] = 0.0  # window row 1 (dy = 0), column 0 (dx = -1)
+    flow = filter_flow(filters, k, softmax=True)
+    torch.testing.assert_close(flow, torch.stack([torch.zeros(1, 4, 5), torch.ones(1, 4, 5)], dim=1))
+    colours = flow_colours(flow, max_displacement=1.0)
+    assert colours.shape == (1, 3, 4, 5) and colours.max() <= 1 and colours.amax(1).min() == 1  # full length
