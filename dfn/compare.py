@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     for config in args.configs:
         print(f"dfn.compare: {config} ({args.max_steps} steps)", flush=True)
         summaries.append(run_config(config.resolve(), out_dir, args.max_steps, args.seed, group, args.override))
-    command = " ".join(["python -m dfn.compare", *map(str, args.configs), f"--max-steps {args.max_steps}",
+    shown = [str(c.resolve().relative_to(ROOT)) if c.resolve().is_relative_to(ROOT) else str(c) for c in args.configs]
+    command = " ".join(["python -m dfn.compare", *shown, f"--max-steps {args.max_steps}",
                         f"--seed {args.seed}", *(f"--override={o}" for o in args.override)])
     write_tables(summaries, args.out, f"Budget: {args.max_steps} iterations per config, seed {args.seed}, "
                                       f"wandb group `{group}`. Command: `{command}`")

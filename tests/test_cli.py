@@ -120,8 +120,7 @@ def test_predict_on_the_users_own_video(trained, tmp_path):
     out = tmp_path / "predictions"
     model_args = TINY[:2] + [a for pair in zip(TINY[2::2], TINY[3::2]) if not pair[0].startswith("--data") for a in pair]
     run_train(["predict", *model_args, "--ckpt_path", checkpoint, "--prediction_files.output_dir", str(out),
-               "--data", "dfn.data.VideoFolder", "--data.init_args.path", str(video),
-               "--data.init_args.predict_path", str(video), "--data.init_args.image_size", "32",
+               "--data", "dfn.data.VideoFolder", "--data.init_args.predict_path", str(video), "--data.init_args.image_size", "32",
                "--data.init_args.frames_in", "3", "--data.init_args.frames_out", "2",
                "--data.init_args.stride", "5", "--data.init_args.batch_size", "8"], tmp_path)
     predicted = np.load(only(sorted(out.glob("*.npy"))))

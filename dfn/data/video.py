@@ -183,6 +183,9 @@ def clip_starts(lo: int, hi: int, frames: int, stride: int) -> list[int]:
 class VideoFolder(ClipDataModule):
     """Clips of your own video(s): ``path`` is a video file or a folder of them.
 
+    To only predict on a video with a trained model, give ``predict_path`` alone (``path`` may be
+    omitted): ``predict`` then needs no train/val/test split.
+
     ``cache_mb`` bounds the per-process cache of decoded, resized files (0 = always seek; see
     :class:`VideoClips`). With ``num_workers > 0`` every worker has its own cache.
 
@@ -193,7 +196,7 @@ class VideoFolder(ClipDataModule):
 
     def __init__(
         self,
-        path: str,
+        path: str | None = None,
         frames_in: int = 3,
         frames_out: int = 3,
         image_size: int = 64,
@@ -218,7 +221,10 @@ class VideoFolder(ClipDataModule):
                              f"got {val_fraction}, {test_fraction}")
         if not isinstance(predict_size, int) or predict_size < 1:
             raise ValueError(f"VideoFolder: predict_size must be a positive integer, got {predict_size!r}")
-        self.files = list_videos(path)  # fail early on a wrong path
+        if path is None and predict_path is None:
+            raise ValueError("VideoFolder: give `path` (videos to train/validate/test on), `predict_path` "
+                             "(videos to predict on), or both")
+        self.files = list_videos(path) if path is not None else None  # fail early on a wrong path
         self.predict_files = list_videos(predict_path) if predict_path is not None else None
         self.path, self.predict_path, self.color, self.stride = path, predict_path, color, stride
         if not isinstance(cache_mb, int) or cache_mb < 0:
@@ -269,7 +275,10 @@ class VideoFolder(ClipDataModule):
         return out
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is None:
+        only_predicting = stage == "predict" and self.predict_files is not None
+        if self.train_set is None and not only_predicting:
+            if self.files is None:
+                raise ValueError(f"VideoFolder: stage {stage!r} needs `path` (videos to train/validate/test on)")
             splits = self.split_clips()
             counts = self._counts(self.files)
             make = lambda clips: VideoClips(self.files, counts, clips, self.frames, self.color,  # noqa: E731
