@@ -98,7 +98,7 @@ class IterationTimer(L.Callback):
 class DFNCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # The model configures itself from the data (REFERENCE: any frames_in/frames_out/channels).
-        for name in ("frames_in", "frames_out", "channels"):
+        for name in ("frames_in", "frames_out", "channels", "image_size"):
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({

@@ -19,7 +19,7 @@ from einops import repeat
 
 from dfn.generators.base import FilterGenerator
 from dfn.metrics import FrameMetrics
-from dfn.predictor import VideoPredictor
+from dfn.predictor import Layout, VideoPredictor
 
 # Through LightningCLI the generator is saved in the hyperparameters as its config (class_path and
 # init_args) and its weights in the state dict; Lightning's advice to ignore it would break
@@ -30,7 +30,8 @@ warnings.filterwarnings("ignore", message="Attribute 'generator' is an instance 
 class VideoPrediction(L.LightningModule):
     """Train a `VideoPredictor` whose filter generator is picked in YAML.
 
-    ``frames_in``, ``frames_out`` and ``channels`` come from the data module (linked by ``train.py``).
+    ``frames_in``, ``frames_out``, ``channels`` and ``image_size`` come from the data module (linked by
+    ``train.py``); the network arguments are `VideoPredictor`'s.
     Defaults are the paper's Moving MNIST protocol: BCE, Adam lr 1e-3 halved every 20 epochs.
     """
 
@@ -45,6 +46,9 @@ class VideoPrediction(L.LightningModule):
         hidden: int = 128,
         decoder_width: int = 64,
         features: int = 128,
+        layout: Layout = "moving_mnist",
+        untied_input_bias: bool = False,
+        image_size: int = 64,
         loss: Literal["bce", "mse"] = "bce",
         lr: float = 1e-3,  # paper: 1e-3 (baseline 1e-4)
         lr_decay_every: int = 20,  # paper: halve the learning rate every 20 epochs
@@ -57,7 +61,8 @@ class VideoPrediction(L.LightningModule):
         if frames_in < 1 or frames_out < 1:
             raise ValueError(f"frames_in and frames_out must be >= 1, got {frames_in} and {frames_out}")
         self.save_hyperparameters()
-        self.predictor = VideoPredictor(generator, channels, buffer_len, encoder_width, hidden, decoder_width, features)
+        self.predictor = VideoPredictor(generator, channels, buffer_len, encoder_width, hidden, decoder_width, features,
+                                        layout, untied_input_bias, image_size)
         self.frames_in, self.frames_out, self.channels, self.loss_name = frames_in, frames_out, channels, loss
         self.metrics = torch.nn.ModuleDict({
             f"{stage}_{who}": FrameMetrics(frames_out, bce_eps)

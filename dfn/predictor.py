@@ -11,6 +11,8 @@ every later step reads its own previous prediction.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -24,13 +26,23 @@ def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, stride=stride, padding=1)  # 'same' padding, as the authors
 
 
+Layout = Literal["moving_mnist", "highway"]
+
+
 class VideoPredictor(nn.Module):
     """Recurrent filter-generating network + pluggable filter generator.
 
-    Defaults are the paper's Moving MNIST network (637,361 parameters with `DFN(kernel_size=9)`):
-    encoder conv3x3 32, 32 (stride 2), 64, 64; mid conv3x3 128; recurrence two conv3x3 128 on the
-    previous hidden state, added to mid (h_0 = 0, no LSTM); decoder conv3x3 64, 64, nearest upsample x2,
-    conv3x3 64, 64, conv1x1 128; then the generator. Leaky ReLU (slope 0.01) after every conv.
+    The authors wrote one network per experiment; ``layout`` picks which, with widths as multiples of
+    ``encoder_width`` (e) and ``decoder_width`` (d). Leaky ReLU (slope 0.01) after every conv, h_0 = 0,
+    no LSTM: the recurrence is two conv3x3 on the previous hidden state, added to the mid layer.
+
+    - ``moving_mnist`` (default): encoder conv3x3 e, e (stride 2), 2e, 2e; mid ``hidden``; decoder
+      conv3x3 d, d, nearest upsample x2, d, d, conv1x1 ``features``. With the defaults and
+      `DFN(kernel_size=9)`: the authors' 637,361 parameters.
+    - ``highway``: encoder e, e (stride 2), 2e; mid ``hidden``; decoder d, upsample x2, d/2, d, conv1x1
+      ``features``. With e = 32, d = 64, hidden 64, buffer 2, `DFN(11, dynamic_bias=True)` and
+      ``untied_input_bias`` (the authors' first conv has one bias per channel *and pixel*, 131,072 of
+      them at 64x64): the authors' 368,122 parameters.
     """
 
     def __init__(
@@ -38,25 +50,41 @@ class VideoPredictor(nn.Module):
         generator: FilterGenerator,
         channels: int = 1,
         buffer_len: int = 1,  # paper: 1 for Moving MNIST, 2 for highway
-        encoder_width: int = 32,  # paper: 32 (then 2x for the next two convs)
+        encoder_width: int = 32,  # paper: 32 (then 2x after the stride-2 conv)
         hidden: int = 128,  # paper: 128 for Moving MNIST, 64 for highway
         decoder_width: int = 64,  # paper: 64
         features: int = 128,  # paper: the conv1x1 -> 128 before the filter layer
+        layout: Layout = "moving_mnist",
+        untied_input_bias: bool = False,  # paper: on in the highway network only
+        image_size: int | None = None,  # frame side; needed by the untied input bias only
     ) -> None:
         super().__init__()
         for name, value in dict(channels=channels, buffer_len=buffer_len, encoder_width=encoder_width,
                                 hidden=hidden, decoder_width=decoder_width, features=features).items():
             if value < 1:
                 raise ValueError(f"VideoPredictor: {name} must be >= 1, got {value}")
+        if layout not in ("moving_mnist", "highway"):
+            raise ValueError(f"VideoPredictor: layout must be 'moving_mnist' or 'highway', got {layout!r}")
+        if untied_input_bias and not image_size:
+            raise ValueError("VideoPredictor: untied_input_bias needs image_size (one bias per pixel)")
         self.channels, self.buffer_len, self.hidden = channels, buffer_len, hidden
         e, d = encoder_width, decoder_width
-        self.encoder = nn.ModuleList([conv3x3(buffer_len * channels, e), conv3x3(e, e, stride=2),
-                                      conv3x3(e, 2 * e), conv3x3(2 * e, 2 * e)])
-        self.mid = conv3x3(2 * e, hidden)
+        mnist = layout == "moving_mnist"
+        encoder = [e, e, 2 * e, 2 * e] if mnist else [e, e, 2 * e]
+        low, high = ([d, d], [d, d]) if mnist else ([d], [max(d // 2, 1), d])
+        ins = [buffer_len * channels, *encoder[:-1]]
+        self.encoder = nn.ModuleList([conv3x3(i, o, stride=2 if k == 1 else 1)
+                                      for k, (i, o) in enumerate(zip(ins, encoder))])
+        self.mid = conv3x3(encoder[-1], hidden)
         self.recurrence = nn.ModuleList([conv3x3(hidden, hidden), conv3x3(hidden, hidden)])
-        self.decoder_low = nn.ModuleList([conv3x3(hidden, d), conv3x3(d, d)])  # at half resolution
-        self.decoder_high = nn.ModuleList([conv3x3(d, d), conv3x3(d, d), nn.Conv2d(d, features, 1)])
+        self.decoder_low = nn.ModuleList([conv3x3(i, o) for i, o in zip([hidden, *low[:-1]], low)])  # half res
+        self.decoder_high = nn.ModuleList([*(conv3x3(i, o) for i, o in zip([low[-1], *high[:-1]], high)),
+                                           nn.Conv2d(high[-1], features, 1)])
         he_uniform_(self)
+        self.input_bias = None
+        if untied_input_bias:  # replaces the first conv's bias: (e, S, S), zero-initialised as all biases
+            self.encoder[0].bias = None
+            self.input_bias = nn.Parameter(torch.zeros(e, image_size, image_size))
         self.generator = generator
         generator.build(features, channels)
 
@@ -70,8 +98,14 @@ class VideoPredictor(nn.Module):
         Returns the new hidden state h = mid + recurrence(h_prev), (B, hidden, H/2, W/2).
         """
         x = inputs
-        for conv in self.encoder:
-            x = self.act(conv(x))
+        for k, conv in enumerate(self.encoder):
+            x = conv(x)
+            if k == 0 and self.input_bias is not None:
+                if x.shape[-2:] != self.input_bias.shape[-2:]:
+                    raise ValueError(f"VideoPredictor: the untied input bias was built for "
+                                     f"{tuple(self.input_bias.shape[-2:])} frames; got {tuple(x.shape[-2:])}")
+                x = x + self.input_bias
+            x = self.act(x)
         h = self.act(self.mid(x))
         r = torch.zeros_like(h) if hidden is None else hidden
         for conv in self.recurrence:

@@ -15,6 +15,19 @@ def test_paper_parameter_counts():
     # REFERENCE §1: the authors' Moving MNIST DFN and its baseline.
     assert count(VideoPredictor(DFN(kernel_size=9))) == 637_361
     assert count(VideoPredictor(PixelBaseline(kernel_size=9))) == 637_443
+    # ... and their highway network: buffer 2, hidden 64, 11x11 filters with dynamic bias.
+    highway = dict(buffer_len=2, hidden=64, layout="highway", untied_input_bias=True, image_size=64)
+    assert count(VideoPredictor(DFN(kernel_size=11, dynamic_bias=True), **highway)) == 368_122
+    assert count(VideoPredictor(PixelBaseline(kernel_size=11, dynamic_bias=True), **highway)) == 368_245
+
+
+def test_untied_input_bias_is_per_pixel_and_size_checked():
+    predictor = VideoPredictor(DFN(kernel_size=3), layout="highway", untied_input_bias=True, image_size=8,
+                               encoder_width=2, hidden=4, decoder_width=4, features=4)
+    assert predictor.input_bias.shape == (2, 8, 8) and predictor.encoder[0].bias is None
+    assert predictor(torch.rand(1, 2, 1, 8, 8), frames_out=1).shape == (1, 1, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"built for \(8, 8\) frames; got \(16, 16\)"):
+        predictor(torch.rand(1, 2, 1, 16, 16), frames_out=1)
 
 
 def fixed_filter_predictor(offset: tuple[int, int], kernel_size: int = 3) -> VideoPredictor:
