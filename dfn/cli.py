@@ -151,7 +151,7 @@ class DFNCLI(LightningCLI):
             "seconds_per_iteration": timer.seconds_per_iteration() if timer else None,
             "global_step": self.trainer.global_step,
             **getattr(self.model, "run_facts", {}),
-            **{k: v for k, v in results.items()},
+            **results,
         }
         write_json(directory / "summary.json", summary)
         metric = "bce_per_frame" if self.model.loss_name == "bce" else "mse_per_frame"
@@ -180,5 +180,5 @@ def main(args: list[str] | None = None, run: bool = True) -> DFNCLI:
         run=run,
     )
     if cli.trainer.is_global_zero and wandb.run is not None:
-        wandb.finish()  # flush history and summary now (offline: files/wandb-summary.json), not at exit
+        wandb.finish()  # write the run out now (offline: runs/wandb/offline-run-*), not at interpreter exit
     return cli
