@@ -52,6 +52,13 @@ def write_gif(path: Path, frames: np.ndarray, fps: float) -> Path:
     return path
 
 
+def log_gif(trainer: L.Trainer, key: str, path: Path) -> None:
+    """Log a GIF written on disk to wandb as a video (no-op without a WandbLogger)."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_video(key, [str(path)], step=trainer.global_step, format=["gif"])
+
+
 class PredictionGIFs(L.Callback):
     """Writes ground truth | prediction | error GIFs for a few fixed validation sequences at every
     validation, and for the first test sequences at the end; saved under ``<run dir>/gifs`` and logged
@@ -86,9 +93,7 @@ class PredictionGIFs(L.Callback):
             predictions = pl_module(inputs)
         path = write_gif(run_dir(trainer) / "gifs" / name, comparison_frames(inputs, targets, predictions), self.fps)
         self.written.append(path)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_video(f"{stage}/predictions", [str(path)], step=trainer.global_step, format=["gif"])
+        log_gif(trainer, f"{stage}/predictions", path)
 
     def on_validation_epoch_end(self, trainer, pl_module):
         self._write(trainer, pl_module, "val", f"val_epoch{trainer.current_epoch:03d}.gif")
@@ -158,9 +163,7 @@ class FilterFlowGIFs(L.Callback):
         video = rearrange(torch.cat([shown, colours], dim=-1), "n t c h w -> t (n h) w c")  # (T, N*H, 2W, 3)
         frames = (video.cpu().numpy() * 255).round().astype(np.uint8)
         path = write_gif(run_dir(trainer) / "gifs" / f"flow_epoch{trainer.current_epoch:03d}.gif", frames, self.fps)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_video("val/filter_flow", [str(path)], step=trainer.global_step, format=["gif"])
+        log_gif(trainer, "val/filter_flow", path)
 
 
 class PredictionFiles(BasePredictionWriter):

@@ -54,6 +54,8 @@ def test_fit_writes_checkpoints_gifs_wandb_and_a_summary(trained):
     assert logged["test/bce_per_frame"] == pytest.approx(summary["test/bce_per_frame"], rel=1e-5)
     assert "val/loss" in logged and "train/loss" in logged and "lr-Adam" in logged
     assert logged["test/horizon/_type"] == "table-file"  # per-horizon metrics as a wandb table
+    for key in ("val/predictions", "test/predictions", "val/filter_flow"):  # the GIFs, as wandb videos
+        assert logged[f"{key}/_type"] == "videos", key
     assert (directory / "horizon_test.csv").read_text().startswith("horizon,")
 
 
