@@ -32,7 +32,8 @@ def choose_wandb_mode(timeout: float = 3.0) -> str:
     when an API key is configured and the server answers within `timeout` seconds."""
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    server = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    host, port = server.hostname or "api.wandb.ai", server.port or 443
     has_key = bool(os.environ.get("WANDB_API_KEY"))
     if not has_key:
         try:
@@ -42,7 +43,6 @@ def choose_wandb_mode(timeout: float = 3.0) -> str:
     mode = "offline"
     if has_key:
         try:
-            port = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).port or 443
             socket.create_connection((host, port), timeout=timeout).close()
             mode = "online"
         except OSError:

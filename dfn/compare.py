@@ -20,6 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("bce_per_frame", "mse_per_frame", "mae_per_frame", "ssim", "psnr")
 
 
+def shown_path(config: Path) -> str:
+    """A config's path as a user in the repository root types it (relative to the root when inside it)."""
+    resolved = config.resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(config)
+
+
 def run_config(config: Path, out: Path, max_steps: int, seed: int, group: str, overrides: list[str]) -> dict:
     """Train and test one config; returns its summary.json (see dfn.cli.DFNCLI.summarise)."""
     save_dir = out / "runs" / config.parent.name / config.stem
@@ -36,7 +42,7 @@ def run_config(config: Path, out: Path, max_steps: int, seed: int, group: str, o
     if not summaries:
         raise RuntimeError(f"{config}: no summary.json under {save_dir}")
     summary = json.loads(summaries[-1].read_text())
-    summary["config"] = str(config.relative_to(ROOT) if config.is_relative_to(ROOT) else config)
+    summary["config"] = shown_path(config)
     summary["wall_seconds"] = time.perf_counter() - started
     return summary
 
@@ -85,8 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     for config in args.configs:
         print(f"dfn.compare: {config} ({args.max_steps} steps)", flush=True)
         summaries.append(run_config(config.resolve(), out_dir, args.max_steps, args.seed, group, args.override))
-    shown = [str(c.resolve().relative_to(ROOT)) if c.resolve().is_relative_to(ROOT) else str(c) for c in args.configs]
-    command = " ".join(["python -m dfn.compare", *shown, f"--max-steps {args.max_steps}",
+    command = " ".join(["python -m dfn.compare", *map(shown_path, args.configs), f"--max-steps {args.max_steps}",
                         f"--seed {args.seed}", *(f"--override={o}" for o in args.override)])
     write_tables(summaries, args.out, f"Budget: {args.max_steps} iterations per config, seed {args.seed}, "
                                       f"wandb group `{group}`. Command: `{command}`")

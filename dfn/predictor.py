@@ -97,15 +97,15 @@ class VideoPredictor(nn.Module):
         inputs (B, buffer_len*C, H, W), newest frame last; hidden (B, hidden, H/2, W/2) or None (h_0 = 0).
         Returns the new hidden state h = mid + recurrence(h_prev), (B, hidden, H/2, W/2).
         """
-        x = inputs
-        for k, conv in enumerate(self.encoder):
-            x = conv(x)
-            if k == 0 and self.input_bias is not None:
-                if x.shape[-2:] != self.input_bias.shape[-2:]:
-                    raise ValueError(f"VideoPredictor: the untied input bias was built for "
-                                     f"{tuple(self.input_bias.shape[-2:])} frames; got {tuple(x.shape[-2:])}")
-                x = x + self.input_bias
-            x = self.act(x)
+        x = self.encoder[0](inputs)
+        if self.input_bias is not None:  # the authors' highway network: one bias per channel and pixel
+            if x.shape[-2:] != self.input_bias.shape[-2:]:
+                raise ValueError(f"VideoPredictor: the untied input bias was built for "
+                                 f"{tuple(self.input_bias.shape[-2:])} frames; got {tuple(x.shape[-2:])}")
+            x = x + self.input_bias
+        x = self.act(x)
+        for conv in self.encoder[1:]:
+            x = self.act(conv(x))
         h = self.act(self.mid(x))
         r = torch.zeros_like(h) if hidden is None else hidden
         for conv in self.recurrence:
