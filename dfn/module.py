@@ -61,8 +61,10 @@ class VideoPrediction(L.LightningModule):
         if frames_in < 1 or frames_out < 1:
             raise ValueError(f"frames_in and frames_out must be >= 1, got {frames_in} and {frames_out}")
         self.save_hyperparameters()
-        self.predictor = VideoPredictor(generator, channels, buffer_len, encoder_width, hidden, decoder_width, features,
-                                        layout, untied_input_bias, image_size)
+        self.predictor = VideoPredictor(generator, channels=channels, buffer_len=buffer_len,
+                                        encoder_width=encoder_width, hidden=hidden, decoder_width=decoder_width,
+                                        features=features, layout=layout, untied_input_bias=untied_input_bias,
+                                        image_size=image_size)
         self.frames_in, self.frames_out, self.channels, self.loss_name = frames_in, frames_out, channels, loss
         self.metrics = torch.nn.ModuleDict({
             f"{stage}_{who}": FrameMetrics(frames_out, bce_eps)

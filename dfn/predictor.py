@@ -19,7 +19,7 @@ from einops import rearrange
 from torch import nn
 
 from dfn.generators.base import FilterGenerator
-from dfn.generators.dfn import he_uniform_
+from dfn.generators.initialisation import he_uniform_
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -43,11 +43,21 @@ class VideoPredictor(nn.Module):
       ``features``. With e = 32, d = 64, hidden 64, buffer 2, `DFN(11, dynamic_bias=True)` and
       ``untied_input_bias`` (the authors' first conv has one bias per channel *and pixel*, 131,072 of
       them at 64x64): the authors' 368,122 parameters.
+
+    ``refinement`` (optional in the authors' code, off by default as in their experiments): after the
+    filtering layer, concat(filtered frame, the step's ``buffer_len`` input frames) -> conv3x3 32, 64, 32,
+    C (leaky ReLU on each, the last one too) is added to the filtered frame as a residual. +37,857
+    parameters with one grayscale input frame, +38,145 with two. Predictions then leave the convex hull
+    of the input pixels (no longer guaranteed in [0, 1]).
+
+    Fully convolutional: frames of any size H, W >= 1 work, except with ``untied_input_bias`` (one bias
+    per pixel of ``image_size`` x ``image_size`` frames).
     """
 
     def __init__(
         self,
         generator: FilterGenerator,
+        *,
         channels: int = 1,
         buffer_len: int = 1,  # paper: 1 for Moving MNIST, 2 for highway
         encoder_width: int = 32,  # paper: 32 (then 2x after the stride-2 conv)
@@ -57,6 +67,7 @@ class VideoPredictor(nn.Module):
         layout: Layout = "moving_mnist",
         untied_input_bias: bool = False,  # paper: on in the highway network only
         image_size: int | None = None,  # frame side; needed by the untied input bias only
+        refinement: bool = False,  # authors' code: refinement_network=False in their experiments
     ) -> None:
         super().__init__()
         for name, value in dict(channels=channels, buffer_len=buffer_len, encoder_width=encoder_width,
@@ -85,6 +96,10 @@ class VideoPredictor(nn.Module):
         if untied_input_bias:  # replaces the first conv's bias: (e, S, S), zero-initialised as all biases
             self.encoder[0].bias = None
             self.input_bias = nn.Parameter(torch.zeros(e, image_size, image_size))
+        self.refinement = None
+        if refinement:  # authors' refinement network: (1 + buffer_len)·C -> 32 -> 64 -> 32 -> C, conv3x3
+            widths = [(1 + buffer_len) * channels, 32, 64, 32, channels]
+            self.refinement = he_uniform_(nn.ModuleList([conv3x3(i, o) for i, o in zip(widths[:-1], widths[1:])]))
         self.generator = generator
         generator.build(features, channels)
 
@@ -100,8 +115,12 @@ class VideoPredictor(nn.Module):
         x = self.encoder[0](inputs)
         if self.input_bias is not None:  # the authors' highway network: one bias per channel and pixel
             if x.shape[-2:] != self.input_bias.shape[-2:]:
-                raise ValueError(f"VideoPredictor: the untied input bias was built for "
-                                 f"{tuple(self.input_bias.shape[-2:])} frames; got {tuple(x.shape[-2:])}")
+                h, w = self.input_bias.shape[-2:]
+                raise ValueError(
+                    f"VideoPredictor: the untied input bias (the authors' highway network) has one bias per "
+                    f"pixel for {h}x{w} frames; got {tuple(x.shape[-2:])} frames. Predict at "
+                    f"{h}x{w} (data image_size {h}), or train with untied_input_bias: false for a fully "
+                    f"convolutional model")
             x = x + self.input_bias
         x = self.act(x)
         for conv in self.encoder[1:]:
@@ -122,11 +141,21 @@ class VideoPredictor(nn.Module):
             x = self.act(conv(x))
         return x
 
+    def refine(self, filtered: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """The authors' refinement network: filtered (B, C, H, W) + residual(concat(filtered, inputs)).
+
+        inputs (B, buffer_len*C, H, W): the frames this step read. Returns (B, C, H, W), unbounded.
+        """
+        x = torch.cat([filtered, inputs], dim=1)  # (B, (1 + buffer_len)*C, H, W)
+        for conv in self.refinement:
+            x = self.act(conv(x))  # leaky ReLU on every layer, the last one too (authors' code)
+        return filtered + x
+
     def forward(self, frames: torch.Tensor, frames_out: int, keep_filters: bool = False):
         """Predict `frames_out` frames after the given ones.
 
         frames: (B, T_in, C, H, W) in [0, 1], T_in >= buffer_len. Returns predictions (B, frames_out, C, H, W)
-        (in [0, 1] with softmax-normalised filters), and with ``keep_filters`` also the list of the filters
+        (in [0, 1] with softmax-normalised filters and no refinement), and with ``keep_filters`` also the list of the filters
         that made each prediction (as the generator returns them).
         """
         if frames.dim() != 5 or frames.shape[2] != self.channels:
@@ -146,6 +175,8 @@ class VideoPredictor(nn.Module):
             features = self.decode(hidden, frames.shape[-2:])
             filters = self.generator(features)
             prediction = self.generator.filtering(sequence[t], filters)  # filter the frame this step read
+            if self.refinement is not None:
+                prediction = self.refine(prediction, inputs)
             sequence.append(prediction)
             predictions.append(prediction)
             if keep_filters:

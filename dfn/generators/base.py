@@ -17,6 +17,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from dfn.layers import DynamicConvolution, DynamicLocalFiltering
+
 Mode = Literal["local", "conv"]
 
 
@@ -42,10 +44,11 @@ class FilterGenerator(nn.Module):
 
     def __init__(self, kernel_size: int = 9, mode: Mode = "local") -> None:
         super().__init__()
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
-        if mode not in ("local", "conv"):
-            raise ValueError(f"mode must be 'local' or 'conv', got {mode!r}")
+        name = type(self).__name__
+        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 \
+                or kernel_size % 2 == 0:
+            raise ValueError(f"{name}: kernel_size must be a positive odd integer, got {kernel_size!r}")
+        check_choice(name, "mode", mode, ("local", "conv"))
         self.kernel_size = kernel_size
         self.mode = mode
         self.filtering: nn.Module | None = None
@@ -64,6 +67,11 @@ class FilterGenerator(nn.Module):
     def _build(self, features: int, channels: int) -> None:
         raise NotImplementedError
 
+    def filter_layer(self, dilation: int, softmax: bool, dynamic_bias: bool) -> nn.Module:
+        """The DFN filtering layer for ``self.mode``: dynamic local filtering (local) or convolution (conv)."""
+        layer = DynamicLocalFiltering if self.mode == "local" else DynamicConvolution
+        return layer(self.kernel_size, dilation, softmax, dynamic_bias)
+
     def forward(self, features: torch.Tensor) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -75,6 +83,18 @@ class FilterGenerator(nn.Module):
             "kernel_size": self.kernel_size,
             "generator_parameters": sum(p.numel() for p in self.parameters() if p.requires_grad),
         }
+
+
+def check_int(owner: str, name: str, value: Any, minimum: int = 1) -> None:
+    """Raise a ValueError naming ``owner.name`` unless ``value`` is an int >= ``minimum`` (bools rejected)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_choice(owner: str, name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    """Raise a ValueError naming ``owner.name`` and the allowed values unless ``value`` is one of them."""
+    if value not in allowed:
+        raise ValueError(f"{owner}: {name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
 
 
 def pooled(features: torch.Tensor) -> torch.Tensor:

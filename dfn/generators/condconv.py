@@ -1,22 +1,25 @@
 """CondConv (Yang et al., NeurIPS 2019) as a filter generator: a routed mixture of learned expert filters.
 
-CondConv replaces a static kernel W by a per-example mixture ``(α₁W₁ + … + α_N W_N)`` of N learned
+CondConv replaces a static kernel W by a per-example mixture ``α₁W₁ + … + α_N W_N`` of N learned
 "expert" kernels, with routing weights ``α = sigmoid(FC(GAP(x)))`` — not normalised, so several experts
 can be fully on at once (REFERENCE §3). Because the mixing is linear, the mixture is one kernel and one
 convolution, not N.
 
 Adaptation to frame prediction: the experts are K×K *next-frame filters* (K*K values each, plus the
-dynamic-bias channel when enabled) and the mixture is what the DFN filtering layer applies to the
-latest frame:
+dynamic-bias channel when enabled) and the mixture is what the DFN filtering layer applies:
 
-- ``mode="conv"`` (CondConv as published): α (B, N) from globally pooled features; one mixed filter
-  per sample, applied by dynamic convolution (`dfn.layers.DynamicConvolution`).
-- ``mode="local"``: α (B, N, H, W) per pixel from a 1x1 conv; one mixed filter per pixel, applied by
-  dynamic local filtering (`dfn.layers.DynamicLocalFiltering`). This is a rank-N, sigmoid-gated
-  version of the DFN head: every pixel's filter lies in the span of the N experts.
+- ``mode="conv"`` (the paper; default): α (B, N) from globally pooled features; one mixed filter per
+  sample, applied by dynamic convolution.
+- ``mode="local"`` (our extension): α (B, N, H, W) per pixel from a 1x1 conv; one mixed filter per pixel,
+  applied by dynamic local filtering — every pixel's filter lies in the span of the N experts.
 
-The experts are mixed *before* DFN's softmax over the K*K values (the filtering layer applies it), so
-with ``softmax=True`` every prediction is a convex combination of its neighbourhood and stays in [0, 1].
+Normalisation (``softmax=True``, DFN's): each expert is softmax-normalised over its K*K taps and the
+normalised experts are mixed with the raw sigmoid weights, so the filter is still the paper's linear
+mixture ``Σ αᵢ softmax(Wᵢ)``. Its taps sum to ``Σ αᵢ`` ∈ (0, N): a prediction is a *scaled* convex
+combination of its neighbourhood and may leave [0, 1] (the BCE loss clips, as for the baseline).
+Normalising α to sum to 1 would make it convex but would no longer be CondConv's routing, so we don't.
+With ``identity_init`` the router starts at α = 1/N for every expert (Σα = 1) and the experts at the
+centre filter, so an untrained model copies the last frame.
 """
 
 from __future__ import annotations
@@ -25,66 +28,63 @@ import math
 from typing import Any
 
 import torch
-from einops import einsum
 from torch import nn
 
-from dfn.generators.base import FilterGenerator, Mode, pooled
-from dfn.generators.dfn import he_uniform_
-from dfn.layers import DynamicConvolution, DynamicLocalFiltering
+from dfn.generators.base import Mode, check_int, pooled
+from dfn.generators.initialisation import IDENTITY_WEIGHT_SCALE, he_uniform_
+from dfn.generators.mixture import KernelMixture
 
 
-class CondConv(FilterGenerator):
-    """Per-sample (conv) or per-pixel (local) sigmoid-routed mixture of N learned expert filters.
+class CondConv(KernelMixture):
+    """Per-sample (conv, paper) or per-pixel (local, ours) sigmoid-routed mixture of N learned expert filters.
 
-    forward(features (B, F, H, W)) returns the mixed, un-normalised filters:
-      - local: (B, K*K[+1], H, W);  conv: (B, K*K[+1]).
-    Learned parameters: ``experts`` (N, K*K[+1]) and the router (F -> N, linear or 1x1 conv).
+    forward(features (B, F, H, W)) -> Σ αₙ Wₙ (experts tap-normalised with ``softmax``):
+    (B, K*K[+1], H, W) local / (B, K*K[+1]) conv. Parameters: ``bank`` (N, K*K[+1]) and ``router``.
     """
 
     def __init__(
         self,
         kernel_size: int = 9,  # DFN paper, Moving MNIST: 9x9 filters
-        mode: Mode = "conv",  # CondConv paper: one mixed kernel per example
+        mode: Mode = "conv",  # CondConv paper: one mixed kernel per example ("local" is ours)
         experts: int = 8,  # CondConv paper: 8 experts in its main (EfficientNet) results
         dilation: int = 1,
-        softmax: bool = True,  # DFN paper: softmax over the K*K filter values
+        softmax: bool = True,  # DFN paper: softmax over the K*K taps (here: of each expert, see module doc)
         dynamic_bias: bool = False,  # DFN paper: on for highway, off for Moving MNIST
+        identity_init: bool = True,  # ours (issue 9): start at copy-last with Σα = 1 (see module doc)
     ) -> None:
-        super().__init__(kernel_size, mode)
-        if experts < 1:
-            raise ValueError(f"CondConv: experts must be >= 1, got {experts}")
-        if dilation < 1:
-            raise ValueError(f"CondConv: dilation must be >= 1, got {dilation}")
-        self.num_experts, self.dilation = experts, dilation
-        self.softmax, self.dynamic_bias = softmax, dynamic_bias
+        check_int("CondConv", "experts", experts)
+        super().__init__(kernel_size, mode, experts, dilation, softmax, dynamic_bias, identity_init,
+                         normalise_experts=True)
 
-    def _build(self, features: int, channels: int) -> None:
-        layer = DynamicLocalFiltering if self.mode == "local" else DynamicConvolution
-        self.filtering = layer(self.kernel_size, self.dilation, self.softmax, self.dynamic_bias)
-        values = self.filtering.filter_channels  # K*K (+1 with dynamic bias)
-        n = self.num_experts
-        # Each expert initialised like a He-uniform layer N -> K*K, so that at init (α ≈ 1/2) the
-        # mixed filter has the same scale as the DFN head's output.
-        bound = math.sqrt(6.0 / ((1 + 0.01**2) * n))
-        self.experts = nn.Parameter(torch.empty(n, values).uniform_(-bound, bound))  # (N, K*K[+1])
-        self.router = he_uniform_(nn.Conv2d(features, n, 1) if self.mode == "local" else nn.Linear(features, n))
+    @property
+    def num_experts(self) -> int:
+        return self.size
 
-    def routing(self, features: torch.Tensor) -> torch.Tensor:
-        """CondConv's routing function: features (B, F, H, W) -> α in (0, 1), (B, N, H, W) local / (B, N) conv."""
+    @property
+    def experts(self) -> torch.Tensor:
+        """The learned expert filters (N, K*K[+1]), before normalisation."""
+        return self.bank
+
+    def _build_coefficients(self, features: int) -> None:
+        n = self.size
+        self.router = nn.Conv2d(features, n, 1) if self.mode == "local" else nn.Linear(features, n)
+        if self.identity_init:
+            he_uniform_(self.router, scale=IDENTITY_WEIGHT_SCALE)
+            with torch.no_grad():  # sigmoid(logit(1/N)) = 1/N: the experts start summed to weight 1
+                self.router.bias.fill_(-math.log(n - 1) if n > 1 else 20.0)
+        else:
+            he_uniform_(self.router)
+
+    def coefficients(self, features: torch.Tensor) -> torch.Tensor:
+        """CondConv's routing: α = sigmoid(r(features)) in (0, 1), (B, N, H, W) local / (B, N) conv."""
         if self.mode == "local":
             return torch.sigmoid(self.router(features))  # (B, N, H, W): per pixel, 1x1 conv
         return torch.sigmoid(self.router(pooled(features)))  # (B, N): GAP -> FC -> sigmoid (paper)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """features (B, F, H, W) -> Σ_n α_n W_n: (B, K*K[+1], H, W) local / (B, K*K[+1]) conv."""
-        alpha = self.routing(features)
-        if self.mode == "local":
-            return einsum(alpha, self.experts, "b n h w, n k -> b k h w")  # (B, K*K[+1], H, W)
-        return einsum(alpha, self.experts, "b n, n k -> b k")  # (B, K*K[+1])
+    routing = coefficients
 
     def summary(self) -> dict[str, Any]:
-        return {**super().summary(), "experts": self.num_experts, "routing": "sigmoid",
-                "dilation": self.dilation, "softmax": self.softmax, "dynamic_bias": self.dynamic_bias}
+        return {**super().summary(), "experts": self.size, "routing": "sigmoid"}
 
 
 __all__ = ["CondConv"]

@@ -7,21 +7,13 @@ this class is that last layer, plus its pooled counterpart for dynamic convoluti
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
-from dfn.generators.base import FilterGenerator, Mode, pooled
-from dfn.layers import DynamicConvolution, DynamicLocalFiltering
-
-
-def he_uniform_(module: nn.Module) -> nn.Module:
-    """He-uniform weights and zero biases, as the authors initialise every layer (REFERENCE §1)."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.kaiming_uniform_(m.weight, a=0.01, nonlinearity="leaky_relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-    return module
+from dfn.generators.base import FilterGenerator, Mode, check_choice, check_int, pooled
+from dfn.generators.initialisation import he_uniform_, identity_head_
 
 
 class DFN(FilterGenerator):
@@ -34,6 +26,11 @@ class DFN(FilterGenerator):
 
     Softmax over the K*K values is on by default (paper); ``dynamic_bias`` adds one generated channel that
     is added to the frame before filtering (the paper's highway setting).
+
+    ``identity_init`` (ours, issue 9; off by default = the authors' He init): the head starts with small
+    weights and a large centre-tap bias, so an untrained model predicts ≈ the last frame (99 % centre
+    weight) instead of a random blur. It helps on natural video (highway configs turn it on), where the
+    last frame is already a good prediction; the Moving MNIST paper config keeps the authors' init.
     """
 
     def __init__(
@@ -43,15 +40,23 @@ class DFN(FilterGenerator):
         dilation: int = 1,
         softmax: bool = True,  # paper: softmax over the K*K filter values
         dynamic_bias: bool = False,  # paper: on for highway, off for Moving MNIST
+        identity_init: bool = False,  # paper: He init; True is ours (start at copy-last, issue 9)
     ) -> None:
         super().__init__(kernel_size, mode)
+        check_int("DFN", "dilation", dilation)
+        if identity_init and not softmax:
+            raise ValueError("DFN: identity_init needs softmax=True (the centre logit only wins under softmax)")
         self.dilation, self.softmax, self.dynamic_bias = dilation, softmax, dynamic_bias
+        self.identity_init = identity_init
 
     def _build(self, features: int, channels: int) -> None:
-        layer = DynamicLocalFiltering if self.mode == "local" else DynamicConvolution
-        self.filtering = layer(self.kernel_size, self.dilation, self.softmax, self.dynamic_bias)
+        self.filtering = self.filter_layer(self.dilation, self.softmax, self.dynamic_bias)
         out = self.filtering.filter_channels
-        self.head = he_uniform_(nn.Conv2d(features, out, 1) if self.mode == "local" else nn.Linear(features, out))
+        self.head = nn.Conv2d(features, out, 1) if self.mode == "local" else nn.Linear(features, out)
+        if self.identity_init:
+            identity_head_(self.head, self.kernel_size)
+        else:
+            he_uniform_(self.head)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """features (B, F, H, W) -> filters (B, K*K[+1], H, W) in local mode, (B, K*K[+1]) in conv mode."""
@@ -71,13 +76,22 @@ class PixelBaseline(FilterGenerator):
     """The paper's baseline: the dynamic filtering layer is replaced by a 1x1 conv that predicts pixels.
 
     Same network as `DFN` up to its K*K (+1) output channels (identity activation), then a 1x1 conv
-    K*K(+1) -> C and a sigmoid, so pixels stay in [0, 1]. With K = 9 on Moving MNIST this is the authors'
-    637,443-parameter baseline (REFERENCE §1).
+    K*K(+1) -> C. With K = 9 on Moving MNIST this is the authors' 637,443-parameter baseline (REFERENCE §1).
+
+    ``output``: ``"linear"`` (the authors': identity activation; predictions are unbounded, clipped only
+    where the BCE loss/metric clip them, and fed back raw) or ``"sigmoid"`` (ours: squashes pixels into
+    (0, 1), so feedback and MSE see valid frames).
     """
 
-    def __init__(self, kernel_size: int = 9, dynamic_bias: bool = False) -> None:
+    def __init__(
+        self,
+        kernel_size: int = 9,  # paper: 81 intermediate channels, as the DFN's filter channels
+        dynamic_bias: bool = False,  # paper (highway): one more intermediate channel
+        output: Literal["linear", "sigmoid"] = "linear",  # paper: linear; "sigmoid" is ours
+    ) -> None:
         super().__init__(kernel_size, "local")
-        self.dynamic_bias = dynamic_bias
+        check_choice("PixelBaseline", "output", output, ("linear", "sigmoid"))
+        self.dynamic_bias, self.output = dynamic_bias, output
 
     def _build(self, features: int, channels: int) -> None:
         hidden = self.kernel_size**2 + int(self.dynamic_bias)
@@ -85,8 +99,9 @@ class PixelBaseline(FilterGenerator):
         self.filtering = PassThrough()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """features (B, F, H, W) -> pixels (B, C, H, W) in (0, 1)."""
-        return torch.sigmoid(self.head(features))
+        """features (B, F, H, W) -> pixels (B, C, H, W): unbounded ("linear") or in (0, 1) ("sigmoid")."""
+        pixels = self.head(features)  # (B, C, H, W)
+        return torch.sigmoid(pixels) if self.output == "sigmoid" else pixels
 
 
-__all__ = ["DFN", "PixelBaseline", "he_uniform_"]
+__all__ = ["DFN", "PixelBaseline", "he_uniform_"]  # he_uniform_ re-exported for old imports

@@ -30,7 +30,7 @@ from einops import rearrange, reduce
 from torch import nn
 
 from dfn.generators.base import FilterGenerator, Mode, pooled
-from dfn.generators.dfn import he_uniform_
+from dfn.generators.initialisation import he_uniform_
 from dfn.ops import dynamic_conv
 
 

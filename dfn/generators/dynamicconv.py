@@ -2,41 +2,41 @@
 
 Dynamic convolution aggregates K learned kernels (and their biases) with input-dependent attention,
 ``W̃ = Σ_k π_k W_k``, ``b̃ = Σ_k π_k b_k``, ``π = softmax(FC(ReLU(FC(GAP(x)))) / τ)``, Σπ = 1 (REFERENCE §3).
-The temperature τ starts large (30) so that π is near uniform and every kernel is trained, and is
-annealed linearly to 1 over the first epochs; the paper reports that without this schedule training
-is markedly worse. `dfn.generators.schedule.TemperatureAnnealing` sets ``temperature`` during training.
+τ starts large (30) so that π is near uniform and every kernel is trained, and is annealed linearly to 1
+over the first 10 % of training; the paper reports markedly worse training without this schedule.
+`dfn.generators.TemperatureAnnealing` (a callback) sets ``temperature``; training without it warns once.
 
 Adaptation to frame prediction: the K kernels are K×K *next-frame filters*; a kernel's "bias" is the
 DFN dynamic-bias channel (the extra filter channel when ``dynamic_bias=True``), mixed with the same π.
 
-- ``mode="conv"`` (as published): π (B, K) from pooled features; one filter per sample, applied by
+- ``mode="conv"`` (the paper; default): π (B, K) from pooled features; one filter per sample, applied by
   dynamic convolution.
-- ``mode="local"``: the attention MLP is two 1x1 convs, π (B, K, H, W) per pixel; one filter per pixel,
-  applied by dynamic local filtering.
+- ``mode="local"`` (our extension): the attention MLP is two 1x1 convs, π (B, K, H, W) per pixel; one
+  filter per pixel, applied by dynamic local filtering.
 
-Filters are mixed before DFN's softmax over the K*K values (applied by the filtering layer), so with
-``softmax=True`` predictions are convex combinations of neighbourhood pixels and stay in [0, 1].
+Normalisation (``softmax=True``, DFN's): each kernel is softmax-normalised over its K*K taps and then
+mixed with π. The filter is still the paper's linear aggregation Σ π_k softmax(W_k), and because Σπ = 1
+it is itself normalised: predictions are convex combinations of neighbourhood pixels, in [0, 1].
 """
 
 from __future__ import annotations
 
-import math
+import warnings
 from typing import Any
 
 import torch
-from einops import einsum
 from torch import nn
 
-from dfn.generators.base import FilterGenerator, Mode, pooled
-from dfn.generators.dfn import he_uniform_
-from dfn.layers import DynamicConvolution, DynamicLocalFiltering
+from dfn.generators.base import Mode, check_int, pooled
+from dfn.generators.initialisation import he_uniform_
+from dfn.generators.mixture import KernelMixture
 
 
-class DynamicConv(FilterGenerator):
-    """Per-sample (conv) or per-pixel (local) softmax(·/τ) attention over ``kernels`` learned filters.
+class DynamicConv(KernelMixture):
+    """Per-sample (conv, paper) or per-pixel (local, ours) softmax(·/τ) attention over ``kernels`` filters.
 
-    forward(features (B, F, H, W)) returns the mixed, un-normalised filters:
-      - local: (B, K*K[+1], H, W);  conv: (B, K*K[+1]).
+    forward(features (B, F, H, W)) -> Σ π_k W_k (kernels tap-normalised with ``softmax``):
+    (B, K*K[+1], H, W) local / (B, K*K[+1]) conv.
     ``temperature`` is a (persistent) buffer so a checkpoint evaluates with the τ it was trained at.
     """
 
@@ -45,62 +45,65 @@ class DynamicConv(FilterGenerator):
     def __init__(
         self,
         kernel_size: int = 9,  # DFN paper, Moving MNIST: 9x9 filters
-        mode: Mode = "conv",  # DynamicConv paper: one aggregated kernel per example
+        mode: Mode = "conv",  # DynamicConv paper: one aggregated kernel per example ("local" is ours)
         kernels: int = 4,  # DynamicConv paper: K = 4 kernels
         reduction: int = 4,  # DynamicConv paper: attention hidden width = C / 4
         temperature: float = 30.0,  # DynamicConv paper: τ starts at 30 (annealed to 1 by the callback)
         dilation: int = 1,
-        softmax: bool = True,  # DFN paper: softmax over the K*K filter values
+        softmax: bool = True,  # DFN paper: softmax over the K*K taps (here: of each kernel, see module doc)
         dynamic_bias: bool = False,  # DFN paper: on for highway, off for Moving MNIST
+        identity_init: bool = True,  # ours (issue 9): every kernel starts at the centre filter (copy-last)
     ) -> None:
-        super().__init__(kernel_size, mode)
-        if kernels < 1:
-            raise ValueError(f"DynamicConv: kernels must be >= 1, got {kernels}")
-        if reduction < 1:
-            raise ValueError(f"DynamicConv: reduction must be >= 1, got {reduction}")
-        if not temperature > 0:
-            raise ValueError(f"DynamicConv: temperature must be > 0, got {temperature}")
-        if dilation < 1:
-            raise ValueError(f"DynamicConv: dilation must be >= 1, got {dilation}")
-        self.num_kernels, self.reduction, self.dilation = kernels, reduction, dilation
-        self.softmax, self.dynamic_bias = softmax, dynamic_bias
+        check_int("DynamicConv", "kernels", kernels)
+        check_int("DynamicConv", "reduction", reduction)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise ValueError(f"DynamicConv: temperature must be a number > 0, got {temperature!r}")
+        super().__init__(kernel_size, mode, kernels, dilation, softmax, dynamic_bias, identity_init,
+                         normalise_experts=True)
+        self.reduction = reduction
         self.register_buffer("temperature", torch.tensor(float(temperature)))
+        # Set by `dfn.generators.schedule.set_temperature` (the TemperatureAnnealing callback): without
+        # the schedule τ stays at its start value, which is not the method (warned once in training).
+        self.temperature_scheduled = False
+        self._warned_unscheduled = False
 
-    def _build(self, features: int, channels: int) -> None:
-        layer = DynamicLocalFiltering if self.mode == "local" else DynamicConvolution
-        self.filtering = layer(self.kernel_size, self.dilation, self.softmax, self.dynamic_bias)
-        values = self.filtering.filter_channels  # K*K (+1: the kernel's bias = DFN's dynamic bias)
+    @property
+    def num_kernels(self) -> int:
+        return self.size
+
+    @property
+    def kernels(self) -> torch.Tensor:
+        """The learned kernels (K, K*K[+1]), before normalisation."""
+        return self.bank
+
+    def _build_coefficients(self, features: int) -> None:
         hidden = max(1, features // self.reduction)
-        # Unit-variance filter values (uniform on ±√3), the scale of the DFN head's outputs at init.
-        # The kernels must differ from each other at init, or the attention gets no gradient signal.
-        bound = math.sqrt(3.0)
-        self.kernels = nn.Parameter(torch.empty(self.num_kernels, values).uniform_(-bound, bound))  # (K, K*K[+1])
         if self.mode == "local":
-            self.attention = nn.Sequential(nn.Conv2d(features, hidden, 1), nn.ReLU(),
-                                           nn.Conv2d(hidden, self.num_kernels, 1))
+            self.attention = nn.Sequential(nn.Conv2d(features, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, self.size, 1))
         else:
-            self.attention = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, self.num_kernels))
+            self.attention = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, self.size))
         he_uniform_(self.attention)
 
-    def attention_weights(self, features: torch.Tensor) -> torch.Tensor:
+    def coefficients(self, features: torch.Tensor) -> torch.Tensor:
         """π = softmax(logits / τ) over the kernels: (B, K, H, W) local / (B, K) conv; sums to 1."""
+        if self.training and not self.temperature_scheduled and not self._warned_unscheduled:
+            self._warned_unscheduled = True
+            warnings.warn(
+                f"DynamicConv is training with a fixed temperature τ = {float(self.temperature):g}: no "
+                f"TemperatureAnnealing callback has set it. The paper anneals τ from 30 to 1 over the first "
+                f"10 % of training; add `trainer.callbacks: [{{class_path: dfn.generators.TemperatureAnnealing}}]` "
+                f"(see experiments/*/dynamicconv.yaml).", UserWarning, stacklevel=2)
         if self.mode == "local":
             logits = self.attention(features)  # (B, kernels, H, W): per-pixel MLP of 1x1 convs
         else:
             logits = self.attention(pooled(features))  # (B, kernels): GAP -> FC -> ReLU -> FC (paper)
         return torch.softmax(logits / self.temperature, dim=1)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """features (B, F, H, W) -> Σ_k π_k W_k: (B, K*K[+1], H, W) local / (B, K*K[+1]) conv."""
-        pi = self.attention_weights(features)
-        if self.mode == "local":
-            return einsum(pi, self.kernels, "b n h w, n k -> b k h w")  # (B, K*K[+1], H, W)
-        return einsum(pi, self.kernels, "b n, n k -> b k")  # (B, K*K[+1])
+    attention_weights = coefficients
 
     def summary(self) -> dict[str, Any]:
-        return {**super().summary(), "kernels": self.num_kernels, "reduction": self.reduction,
-                "temperature": float(self.temperature), "dilation": self.dilation,
-                "softmax": self.softmax, "dynamic_bias": self.dynamic_bias}
+        return {**super().summary(), "kernels": self.size, "reduction": self.reduction,
+                "temperature": float(self.temperature)}
 
 
 __all__ = ["DynamicConv"]

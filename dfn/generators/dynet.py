@@ -1,39 +1,43 @@
-"""DyNet (Zhang et al., 2020) as a filter generator: fixed bases fused with predicted coefficients.
+"""DyNet (Zhang et al., 2020) as a filter generator: a few input-independent kernels fused per sample.
 
-DyNet builds each example's kernel as a linear fusion of a few sample-independent ("fixed") kernels
-with coefficients from a coefficient prediction module (GAP -> FC layers); the aim is fewer FLOPs at
-equal accuracy. There is no public code (REFERENCE §3), so two choices here are ours:
+DyNet builds each example's kernel as a linear fusion ``Σ_j c_j W_j`` of a few *learned*,
+sample-independent ("fixed") kernels, with coefficients from a coefficient prediction module (GAP -> FC
+layers); the aim is fewer FLOPs at equal accuracy (REFERENCE §3). There is no public code.
 
-- **The bases are fixed, not learned** (registered buffers): the discrete polynomials of total degree
-  ≤ ``degree`` on the K×K window — monomials 1, x, y, x², xy, y², … of the window offsets (normalised
-  to [-1, 1], x along columns, y along rows, row-major like ``F.unfold``), orthogonalised in that order
-  by Gram–Schmidt (QR with a positive diagonal) and scaled to unit RMS per entry (norm K). This makes
-  DyNet a genuinely different point from CondConv/DynamicConv, whose experts are learned. Why
-  polynomials: with DFN's softmax over the window, a degree-2 fusion ``a + b·x + c·y + d·x² + e·xy +
-  f·y²`` is the log of a Gaussian, so the degree-2 bases span *every* Gaussian blob filter — any
-  sub-pixel displacement (the blob's centre) with any blur (its covariance): exactly the filters a
-  motion predictor needs, from 5 numbers instead of K*K. (Softmax ignores the constant basis, so it
-  is dropped when ``softmax=True``; it is kept with ``softmax=False``.)
-- **Coefficient prediction module**: GAP -> FC -> ReLU -> FC (``mode="conv"``, as published), or the
-  same MLP as two 1x1 convs per pixel (``mode="local"``). No output activation: the softmax in the
-  filtering layer normalises, and a bounded coefficient would cap how sharp a filter can be.
+- ``bank="learned"`` (the paper; default): ``kernels`` learned K×K kernels (a parameter (N, K*K[+1]);
+  with ``dynamic_bias`` each kernel also has a bias value, fused with the same coefficients).
+- ``bank="polynomial"`` (ours): the bank is *not learned* — the discrete polynomials of total degree
+  ≤ ``degree`` on the window (monomials 1, x, y, x², xy, y², … of the offsets scaled to [-1, 1],
+  orthogonalised in that order, unit RMS per entry). Under DFN's softmax a degree-2 fusion is the log of
+  a Gaussian, so the degree-2 bank spans every Gaussian blob filter (any sub-pixel shift with any blur)
+  from 5 numbers. Softmax ignores a constant, so the constant polynomial is dropped with ``softmax``.
+  With ``dynamic_bias`` the bias is one more predicted coefficient (a bank row that is 1 on the bias).
+- Coefficient prediction module: GAP -> FC -> ReLU -> FC (``mode="conv"``, the paper), or the same MLP
+  as two 1x1 convs per pixel (``mode="local"``, our extension). Hidden width F / ``reduction`` (ours:
+  DyNet publishes no code; as DynamicConv). No output activation: DyNet's coefficients are unconstrained.
 
-What is generated: the fused filter ``Σ_j c_j B_j`` (un-normalised), plus one directly predicted
-dynamic-bias value when ``dynamic_bias=True``; applied to the latest frame by dynamic local filtering
-(local) or dynamic convolution (conv), whose softmax keeps predictions convex combinations in [0, 1].
+Normalisation (``softmax=True``, DFN's): the *fused* filter is softmax-normalised by the filtering
+layer, as DFN normalises its generated filter. (Normalising each kernel first, as CondConv/DynamicConv
+do here, would not keep a convex result: DyNet's coefficients can be negative.) Predictions are convex
+combinations of neighbourhood pixels, in [0, 1].
+
+``identity_init`` (ours, issue 9; default on): the fused filter starts ≈ the centre filter — learned bank:
+every kernel centre-peaked and coefficients 1/N each; polynomial bank: the coefficients of a narrow
+centred Gaussian (needs degree ≥ 2) — so an untrained model copies the last frame.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Literal
 
 import torch
-from einops import einsum, rearrange
+from einops import rearrange
 from torch import nn
 
-from dfn.generators.base import FilterGenerator, Mode, pooled
-from dfn.generators.dfn import he_uniform_
-from dfn.layers import DynamicConvolution, DynamicLocalFiltering
+from dfn.generators.base import Mode, check_choice, check_int, pooled
+from dfn.generators.initialisation import CENTRE_WEIGHT, IDENTITY_WEIGHT_SCALE, he_uniform_
+from dfn.generators.mixture import KernelMixture
 
 
 def polynomial_bases(kernel_size: int, degree: int, constant: bool = True) -> torch.Tensor:
@@ -62,77 +66,106 @@ def polynomial_bases(kernel_size: int, degree: int, constant: bool = True) -> to
     return bases if constant else bases[1:]
 
 
-class DyNet(FilterGenerator):
-    """Filters fused from fixed polynomial bases with predicted coefficients (see module docstring).
+class DyNet(KernelMixture):
+    """Filters fused from a bank of input-independent kernels with predicted coefficients (module doc).
 
-    forward(features (B, F, H, W)) returns un-normalised filters:
+    forward(features (B, F, H, W)) returns the fused, un-normalised filters:
       - local: (B, K*K[+1], H, W);  conv: (B, K*K[+1]).
-    Learned parameters: only the coefficient prediction module (F -> F/reduction -> bases [+1]).
     """
-
-    bases: torch.Tensor
 
     def __init__(
         self,
         kernel_size: int = 9,  # DFN paper, Moving MNIST: 9x9 filters
-        mode: Mode = "conv",  # DyNet paper: one fused kernel per example
-        degree: int = 2,  # ours: the smallest polynomial set whose softmax spans all Gaussian blobs
+        mode: Mode = "conv",  # DyNet paper: one fused kernel per example ("local" is ours)
+        bank: Literal["learned", "polynomial"] = "learned",  # DyNet paper: learned fixed kernels
+        kernels: int = 4,  # learned bank size (ours: DyNet's is not public; as DynamicConv's K = 4)
+        degree: int = 2,  # polynomial bank only (ours): quadratics span every Gaussian blob under softmax
         reduction: int = 4,  # ours (DyNet has no public code): hidden width F / 4, as in DynamicConv
         dilation: int = 1,
-        softmax: bool = True,  # DFN paper: softmax over the K*K filter values
+        softmax: bool = True,  # DFN paper: softmax over the K*K taps of the fused filter
         dynamic_bias: bool = False,  # DFN paper: on for highway, off for Moving MNIST
+        identity_init: bool = True,  # ours (issue 9): the fused filter starts at the centre filter
     ) -> None:
-        super().__init__(kernel_size, mode)
-        if degree < 0:
-            raise ValueError(f"DyNet: degree must be >= 0, got {degree}")
-        if reduction < 1:
-            raise ValueError(f"DyNet: reduction must be >= 1, got {reduction}")
-        if dilation < 1:
-            raise ValueError(f"DyNet: dilation must be >= 1, got {dilation}")
-        self.degree, self.reduction, self.dilation = degree, reduction, dilation
-        self.softmax, self.dynamic_bias = softmax, dynamic_bias
-        if softmax and degree == 0:
+        check_choice("DyNet", "bank", bank, ("learned", "polynomial"))
+        check_int("DyNet", "kernels", kernels)
+        check_int("DyNet", "degree", degree, minimum=0)
+        check_int("DyNet", "reduction", reduction)
+        if bank == "polynomial" and softmax and degree == 0:
             raise ValueError("DyNet: degree 0 with softmax=True leaves no basis (softmax ignores a constant "
                              "filter); use degree >= 1 or softmax=False")
-        # Fixed, deterministic bases: a buffer (saved with the model, never trained). Softmax is blind to
-        # adding a constant, so with softmax the constant basis is dropped: its coefficient would never
-        # get a gradient (degree 2: 5 bases with softmax, 6 without).
-        self.register_buffer("bases", polynomial_bases(kernel_size, degree, constant=not softmax))  # (n_bases, K*K)
+        if bank == "polynomial" and identity_init and degree < 2:
+            raise ValueError(f"DyNet: identity_init with the polynomial bank needs degree >= 2 (a narrow "
+                             f"centred Gaussian); got degree={degree}. Set identity_init: false or raise degree")
+        bases = polynomial_bases(kernel_size, degree, constant=not softmax) if bank == "polynomial" else None
+        size = kernels if bases is None else bases.shape[0] + int(dynamic_bias)
+        super().__init__(kernel_size, mode, size, dilation, softmax, dynamic_bias, identity_init,
+                         normalise_experts=False)
+        self.bank_kind, self.degree, self.reduction = bank, degree, reduction
+        self._bases = bases
 
     @property
     def num_bases(self) -> int:
-        return self.bases.shape[0]
+        """How many kernels are fused (polynomial bank: the polynomials, without the bias row)."""
+        return self.size - int(self.dynamic_bias and self.bank_kind == "polynomial")
 
-    def _build(self, features: int, channels: int) -> None:
-        layer = DynamicLocalFiltering if self.mode == "local" else DynamicConvolution
-        self.filtering = layer(self.kernel_size, self.dilation, self.softmax, self.dynamic_bias)
-        out = self.num_bases + int(self.dynamic_bias)  # coefficients (+ the dynamic bias itself)
+    def _build_bank(self) -> None:
+        if self.bank_kind == "learned":
+            return super()._build_bank()
+        # Fixed polynomials (a buffer: saved with the model, never trained), (n, K*K); with dynamic bias
+        # one more row (0, …, 0, 1) passes its coefficient through as the bias value: (n + 1, K*K + 1).
+        bases, extra = self._bases, int(self.dynamic_bias)
+        bank = torch.zeros(bases.shape[0] + extra, self.taps + extra)
+        bank[: bases.shape[0], : self.taps] = bases
+        if extra:
+            bank[-1, -1] = 1.0
+        self.register_buffer("bank", bank)
+
+    def _build_coefficients(self, features: int) -> None:
         hidden = max(1, features // self.reduction)
         if self.mode == "local":
-            self.coefficients = nn.Sequential(nn.Conv2d(features, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, out, 1))
+            layers = [nn.Conv2d(features, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, self.size, 1)]
         else:
-            self.coefficients = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, out))
-        he_uniform_(self.coefficients)
+            layers = [nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, self.size)]
+        self.coefficient_module = he_uniform_(nn.Sequential(*layers))
+        if self.identity_init:
+            last = self.coefficient_module[-1]
+            he_uniform_(last, scale=IDENTITY_WEIGHT_SCALE)
+            with torch.no_grad():
+                last.bias.copy_(self._identity_coefficients())
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """features (B, F, H, W) -> Σ_j c_j B_j [, bias]: (B, K*K[+1], H, W) local / (B, K*K[+1]) conv."""
+    def _identity_coefficients(self) -> torch.Tensor:
+        """Coefficients (N,) whose fusion is ≈ the centre filter (see the module docstring)."""
+        if self.bank_kind == "learned":
+            return torch.full((self.size,), 1.0 / self.size)  # Σc = 1 over centre-peaked kernels
+        # A centred Gaussian's logits -s·(dx² + dy²): the 4 nearest taps get weight (1 - CENTRE_WEIGHT)/4
+        # relative to the centre; its projection onto the orthogonal polynomials (row norm K) is exact.
+        K, r = self.kernel_size, self.kernel_size // 2
+        s = math.log(4 * CENTRE_WEIGHT / (1 - CENTRE_WEIGHT))
+        offsets = torch.arange(K, dtype=torch.float32) - r
+        dy, dx = torch.meshgrid(offsets, offsets, indexing="ij")
+        logits = (-s * (dx**2 + dy**2)).reshape(-1)  # (K*K,)
         n = self.num_bases
+        coef = self.bank[:n, : self.taps] @ logits / (K * K)  # (n,)
+        return torch.cat([coef, torch.zeros(self.size - n)])  # the bias coefficient starts at 0
+
+    def coefficients(self, features: torch.Tensor) -> torch.Tensor:
+        """Coefficient prediction: (B, N, H, W) per pixel (1x1 convs) / (B, N) from GAP -> FC -> ReLU -> FC."""
         if self.mode == "local":
-            coef = self.coefficients(features)  # (B, n_bases[+1], H, W): per-pixel CPM (1x1 convs)
-            fused = einsum(coef[:, :n], self.bases, "b n h w, n k -> b k h w")  # (B, K*K, H, W)
-        else:
-            coef = self.coefficients(pooled(features))  # (B, n_bases[+1]): GAP -> FC -> ReLU -> FC
-            fused = einsum(coef[:, :n], self.bases, "b n, n k -> b k")  # (B, K*K)
-        return torch.cat([fused, coef[:, n:]], dim=1)  # (B, K*K[+1][, H, W]): the bias value is appended
+            return self.coefficient_module(features)  # (B, N, H, W)
+        return self.coefficient_module(pooled(features))  # (B, N)
+
+    @property
+    def bases(self) -> torch.Tensor:
+        """The fused kernels' K*K taps, (n, K*K) (without the dynamic-bias row/column)."""
+        return self.bank[: self.num_bases, : self.taps]
 
     def basis_images(self) -> torch.Tensor:
-        """The fixed bases as K×K images, (n_bases, K, K), for plotting."""
+        """The bank's kernels as K×K images, (n, K, K), for plotting."""
         return rearrange(self.bases, "n (kh kw) -> n kh kw", kh=self.kernel_size)
 
     def summary(self) -> dict[str, Any]:
-        return {**super().summary(), "bases": self.num_bases, "basis": f"polynomial, degree {self.degree}",
-                "reduction": self.reduction, "dilation": self.dilation, "softmax": self.softmax,
-                "dynamic_bias": self.dynamic_bias}
+        basis = f"polynomial, degree {self.degree}" if self.bank_kind == "polynomial" else "learned"
+        return {**super().summary(), "bases": self.num_bases, "basis": basis, "reduction": self.reduction}
 
 
 __all__ = ["DyNet", "polynomial_bases"]

@@ -16,6 +16,9 @@ Adaptation to frame prediction (what is generated, from what, and how it becomes
   each 3×3 window (DFN's normalisation, ``softmax=True``), makes every predicted pixel a convex
   combination of input pixels — predictions stay in [0, 1].
 
+``identity_init`` (ours, issue 9; default on): the head starts with small weights and a large bias on
+every branch's centre tap, so an untrained model predicts ≈ the last frame instead of a random blur.
+
 A dilated 3×3 reaches as far as a (2d+1)×(2d+1) window with 9 taps, so dilations (1, 3, 5) cover an
 11×11 neighbourhood sparsely; motion between the taps needs the branches to blend.
 Only ``mode="local"`` exists: the method's filters are per pixel (its per-sample counterpart is DMNet).
@@ -30,7 +33,7 @@ from einops import rearrange, reduce
 from torch import nn
 
 from dfn.generators.base import FilterGenerator, Mode
-from dfn.generators.dfn import he_uniform_
+from dfn.generators.initialisation import IDENTITY_WEIGHT_SCALE, centre_tap, he_uniform_, identity_logit
 from dfn.ops import local_filter
 
 
@@ -71,7 +74,10 @@ class HDFNet(FilterGenerator):
         mode: Mode = "local",  # HDFNet: per-pixel kernels; "conv" is rejected (see DMNet)
         dilations: tuple[int, ...] = (1, 3, 5),  # HDFNet paper: dilation rates 1, 3, 5
         softmax: bool = True,  # DFN paper: softmax over the filter values (keeps frames in [0, 1])
+        identity_init: bool = True,  # ours (issue 9): start at copy-last (see module docstring)
     ) -> None:
+        if identity_init and not softmax:
+            raise ValueError("HDFNet: identity_init needs softmax=True (the centre logit only wins under softmax)")
         if mode != "local":
             raise ValueError(f"HDFNet: mode must be 'local' (its filters are per pixel); got {mode!r}. "
                              f"For per-sample multi-scale filters use DMNet.")
@@ -79,7 +85,7 @@ class HDFNet(FilterGenerator):
         dilations = tuple(dilations)
         if not dilations or any(not isinstance(d, int) or d < 1 for d in dilations):
             raise ValueError(f"HDFNet: dilations must be a non-empty sequence of integers >= 1, got {dilations!r}")
-        self.dilations, self.softmax = dilations, softmax
+        self.dilations, self.softmax, self.identity_init = dilations, softmax, identity_init
 
     def _build(self, features: int, channels: int) -> None:
         self.filtering = MultiDilationFiltering(self.kernel_size, self.dilations, self.softmax)
@@ -88,7 +94,11 @@ class HDFNet(FilterGenerator):
         # single branch: a softmax over one value is constant). HDFNet's kernel generator is conv3x3 +
         # dense block + conv1x1; the predictor's decoder plays that role.
         self.logits = D if D > 1 else 0
-        self.head = he_uniform_(nn.Conv2d(features, D * channels * kk + self.logits, 1))
+        self.head = he_uniform_(nn.Conv2d(features, D * channels * kk + self.logits, 1),
+                                scale=IDENTITY_WEIGHT_SCALE if self.identity_init else 1.0)
+        if self.identity_init:
+            with torch.no_grad():  # the centre tap of every (branch, channel) filter: channels (d, c, k) row-major
+                self.head.bias[centre_tap(self.kernel_size): D * channels * kk: kk] = identity_logit(self.kernel_size)
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """features (B, F, H, W) -> (filters (B, D, C, K*K, H, W), branch_logits (B, D, H, W))."""
@@ -104,6 +114,7 @@ class HDFNet(FilterGenerator):
 
     def summary(self) -> dict[str, Any]:
         return {**super().summary(), "dilations": list(self.dilations), "softmax": self.softmax,
+                "identity_init": self.identity_init,
                 "fusion": "per-pixel softmax branch weights"}
 
 

@@ -10,9 +10,17 @@ current optimizer step and writes it into every submodule of the LightningModule
 ``temperature`` attribute (a tensor buffer is filled in place so it stays in the checkpoint), and logs
 it as ``generator/temperature``. It keys on ``trainer.global_step``, so a resumed run continues the
 schedule where it stopped.
+
+The annealing length is either ``anneal_fraction`` of the run's optimizer steps
+(``trainer.estimated_stepping_batches``, which honours ``max_steps`` and ``max_epochs``; default 0.1 =
+the paper's 10 of 100 epochs, so a short ``--trainer.max_steps 1000`` run also finishes the schedule) or a
+fixed ``anneal_steps``. Both are functions of the configured run length, not of how far it got, so a
+resumed run sees the same schedule.
 """
 
 from __future__ import annotations
+
+import math
 
 import lightning as L
 import torch
@@ -34,9 +42,15 @@ def modules_with_temperature(module: nn.Module) -> list[nn.Module]:
 
 
 def set_temperature(module: nn.Module, value: float) -> int:
-    """Set ``temperature`` on every submodule that has one; returns how many were set."""
+    """Set ``temperature`` on every submodule that has one; returns how many were set.
+
+    Marks each as scheduled (``temperature_scheduled = True``), which silences DynamicConv's warning about
+    training at a fixed τ.
+    """
     targets = modules_with_temperature(module)
     for m in targets:
+        if hasattr(m, "temperature_scheduled"):
+            m.temperature_scheduled = True
         current = getattr(m, "temperature")
         if isinstance(current, torch.Tensor):
             current.fill_(value)  # a buffer: keep it a tensor (and in the state dict)
@@ -46,25 +60,52 @@ def set_temperature(module: nn.Module, value: float) -> int:
 
 
 class TemperatureAnnealing(L.Callback):
-    """Anneal every ``temperature`` in the model linearly from ``start`` to ``end`` over ``anneal_steps`` steps."""
+    """Anneal every ``temperature`` in the model linearly from ``start`` to ``end``.
+
+    Over ``anneal_fraction`` of the run's optimizer steps (default 0.1, the paper's), or, if given instead,
+    a fixed ``anneal_steps``. Give one of the two, not both.
+    """
 
     def __init__(
         self,
         start: float = 30.0,  # DynamicConv paper: τ starts at 30
         end: float = 1.0,  # DynamicConv paper: τ ends at 1
-        anneal_steps: int = 2000,  # DynamicConv: first 10 of 100 epochs -> 10 % of DFN's 20,000 iterations
+        anneal_fraction: float | None = 0.1,  # DynamicConv paper: the first 10 of 100 epochs
+        anneal_steps: int | None = None,  # a fixed length instead (then set anneal_fraction: null)
     ) -> None:
         if not (start > 0 and end > 0):
             raise ValueError(f"TemperatureAnnealing: start and end must be > 0, got start={start}, end={end}")
-        if anneal_steps < 0:
+        if (anneal_fraction is None) == (anneal_steps is None):
+            raise ValueError(f"TemperatureAnnealing: give exactly one of anneal_fraction and anneal_steps "
+                             f"(set the other to null); got anneal_fraction={anneal_fraction}, "
+                             f"anneal_steps={anneal_steps}")
+        if anneal_fraction is not None and not 0.0 <= anneal_fraction <= 1.0:
+            raise ValueError(f"TemperatureAnnealing: anneal_fraction must be in [0, 1], got {anneal_fraction}")
+        if anneal_steps is not None and (isinstance(anneal_steps, bool) or anneal_steps < 0):
             raise ValueError(f"TemperatureAnnealing: anneal_steps must be >= 0, got {anneal_steps}")
-        self.start, self.end, self.anneal_steps = start, end, anneal_steps
+        self.start, self.end = start, end
+        self.anneal_fraction, self.anneal_steps = anneal_fraction, anneal_steps
+
+    def resolve(self, total_steps: float) -> int:
+        """Fix ``anneal_steps`` from the run's total optimizer steps (with ``anneal_fraction``); returns it."""
+        if self.anneal_fraction is not None:
+            if not math.isfinite(total_steps) or total_steps < 1:
+                raise ValueError(f"TemperatureAnnealing: anneal_fraction={self.anneal_fraction} needs a finite "
+                                 f"run length (trainer.max_steps or max_epochs); got {total_steps} steps. "
+                                 f"Set anneal_steps instead")
+            self.anneal_steps = round(self.anneal_fraction * total_steps)
+        return self.anneal_steps
 
     def temperature(self, step: int) -> float:
-        """τ at optimizer step ``step``."""
+        """τ at optimizer step ``step`` (with ``anneal_fraction``: after `resolve`, i.e. once fit started)."""
+        if self.anneal_steps is None:
+            raise RuntimeError("TemperatureAnnealing: anneal_steps is not known before fit starts "
+                               "(call resolve(total_steps) first)")
         return annealed_temperature(step, self.start, self.end, self.anneal_steps)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.anneal_fraction is not None:
+            self.resolve(trainer.estimated_stepping_batches)
         if not modules_with_temperature(pl_module):
             rank_zero_warn("TemperatureAnnealing: no module of the model has a `temperature` attribute; "
                            "the callback does nothing (is the generator DynamicConv?)")
