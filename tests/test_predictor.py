@@ -1,9 +1,16 @@
-"""The predictor: the paper's parameter counts, hand-computed rollouts, and feedback of predictions."""
+"""The predictor: the paper's parameter counts and initialisation, hand-computed rollouts (with and
+without the refinement network), feedback of predictions, fully convolutional prediction, and the
+identity start of the filter generators."""
+
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from dfn.generators import DFN, PixelBaseline
+from dfn.generators import DFN, CondConv, DynamicConv, DyNet, HDFNet, PixelBaseline
+from dfn.generators.initialisation import he_uniform_
 from dfn.predictor import VideoPredictor
 
 
@@ -21,19 +28,73 @@ def test_paper_parameter_counts():
     assert count(VideoPredictor(PixelBaseline(kernel_size=11, dynamic_bias=True), **highway)) == 368_245
 
 
+def test_refinement_network_parameter_counts():
+    # REFERENCE §1: +37,857 with one input frame, +38,145 with two (the authors' refinement_network=True).
+    assert count(VideoPredictor(DFN(kernel_size=9), refinement=True)) == 675_218
+    highway = dict(buffer_len=2, hidden=64, layout="highway", untied_input_bias=True, image_size=64)
+    assert count(VideoPredictor(DFN(kernel_size=11, dynamic_bias=True), refinement=True, **highway)) == 406_267
+
+
+def test_arguments_after_the_generator_are_keyword_only():
+    with pytest.raises(TypeError):
+        VideoPredictor(DFN(kernel_size=3), 1)  # a positional `channels` would silently shift every later one
+
+
+# ---------------------------------------------------------------- the authors' initialisation
+
+
+def test_he_uniform_is_lasagne_gain_one():
+    # Lasagne HeUniform(): U(±sqrt(3 / fan_in)), fan_in = in_channels * kh * kw; biases zero.
+    torch.manual_seed(0)
+    conv = he_uniform_(nn.Conv2d(64, 128, 3))
+    bound = math.sqrt(3.0 / (64 * 3 * 3))  # = 0.0722; PyTorch's leaky-ReLU gain would give 0.1021
+    w = conv.weight.detach()
+    assert w.abs().max() <= bound and w.abs().max() > 0.99 * bound  # 73,728 draws fill the interval
+    assert abs(w.std().item() - bound / math.sqrt(3)) < 0.01 * bound  # uniform: std = bound / sqrt(3)
+    assert torch.equal(conv.bias.detach(), torch.zeros(128))
+    linear = he_uniform_(nn.Linear(300, 400))
+    assert linear.weight.abs().max() <= math.sqrt(3.0 / 300) and linear.weight.abs().max() > 0.99 * math.sqrt(3.0 / 300)
+
+
+def test_predictor_layers_use_the_authors_init():
+    torch.manual_seed(0)
+    predictor = VideoPredictor(DFN(kernel_size=9), refinement=True)
+    for name, m in predictor.named_modules():
+        if isinstance(m, nn.Conv2d):
+            cout, cin, kh, kw = m.weight.shape
+            bound = math.sqrt(3.0 / (cin * kh * kw))
+            assert m.weight.abs().max() <= bound, name
+            if m.weight.numel() >= 10_000:  # enough draws to come close to the bound
+                assert m.weight.abs().max() > 0.95 * bound, name
+            assert m.bias is None or not m.bias.detach().any(), name
+
+
 def test_untied_input_bias_is_per_pixel_and_size_checked():
     predictor = VideoPredictor(DFN(kernel_size=3), layout="highway", untied_input_bias=True, image_size=8,
                                encoder_width=2, hidden=4, decoder_width=4, features=4)
     assert predictor.input_bias.shape == (2, 8, 8) and predictor.encoder[0].bias is None
     assert predictor(torch.rand(1, 2, 1, 8, 8), frames_out=1).shape == (1, 1, 1, 8, 8)
-    with pytest.raises(ValueError, match=r"built for \(8, 8\) frames; got \(16, 16\)"):
+    with pytest.raises(ValueError, match=r"one bias per pixel for 8x8 frames; got \(16, 16\) frames.*"
+                                         r"image_size 8.*untied_input_bias: false"):
         predictor(torch.rand(1, 2, 1, 16, 16), frames_out=1)
 
 
-def fixed_filter_predictor(offset: tuple[int, int], kernel_size: int = 3) -> VideoPredictor:
+@pytest.mark.parametrize("layout", ["moving_mnist", "highway"])
+def test_fully_convolutional_on_larger_frames(layout):
+    # Without a per-pixel bias nothing depends on the frame size: a model meant for 32x32 frames predicts
+    # 48x40 ones, and its centre filter copies them exactly (no crop, no shift, no padding artefact).
+    predictor = fixed_filter_predictor((0, 0), layout=layout)
+    assert predictor(torch.rand(1, 3, 1, 32, 32), frames_out=1).shape == (1, 1, 1, 32, 32)
+    frames = torch.rand(2, 3, 1, 48, 40)
+    predictions = predictor(frames, frames_out=2)
+    assert predictions.shape == (2, 2, 1, 48, 40)
+    torch.testing.assert_close(predictions[:, 1], frames[:, -1])
+
+
+def fixed_filter_predictor(offset: tuple[int, int], kernel_size: int = 3, **kwargs) -> VideoPredictor:
     """A predictor whose generator always emits the one-hot filter at `offset` (no softmax)."""
     generator = DFN(kernel_size=kernel_size, softmax=False)
-    predictor = VideoPredictor(generator, encoder_width=2, hidden=4, decoder_width=4, features=4)
+    predictor = VideoPredictor(generator, encoder_width=2, hidden=4, decoder_width=4, features=4, **kwargs)
     with torch.no_grad():
         generator.head.weight.zero_()
         generator.head.bias.zero_()
@@ -61,6 +122,131 @@ def test_rollout_feeds_back_its_own_predictions():
         expected = torch.zeros_like(last)
         expected[..., n:] = last[..., :-n]
         torch.testing.assert_close(predictions[:, n - 1], expected)
+
+
+def shift_right(x: torch.Tensor) -> torch.Tensor:
+    """Content one pixel to the right, zeros entering on the left (the filter at offset (0, -1))."""
+    out = torch.zeros_like(x)
+    out[..., 1:] = x[..., :-1]
+    return out
+
+
+def test_refinement_by_hand_and_fed_back():
+    # Refined prediction = filtered + lrelu(conv(lrelu(conv(... concat(filtered, inputs))))), and the
+    # *refined* prediction is what the next step reads. Computed here with F.conv2d, independently.
+    torch.manual_seed(0)
+    predictor = fixed_filter_predictor((0, -1), refinement=True)
+    with torch.no_grad():  # non-zero biases so that an omitted bias or activation shows
+        for conv in predictor.refinement:
+            conv.bias.uniform_(-0.1, 0.1)
+    weights = [(c.weight.detach(), c.bias.detach()) for c in predictor.refinement]
+
+    def refine(filtered, inputs):
+        x = torch.cat([filtered, inputs], dim=1)
+        for w, b in weights:
+            x = F.leaky_relu(F.conv2d(x, w, b, padding=1), 0.01)
+        return filtered + x
+
+    frames = torch.rand(2, 3, 1, 9, 8)
+    predictions = predictor(frames, frames_out=2)
+    p1 = refine(shift_right(frames[:, -1]), frames[:, -1])
+    p2 = refine(shift_right(p1), p1)
+    torch.testing.assert_close(predictions[:, 0], p1)
+    torch.testing.assert_close(predictions[:, 1], p2)
+    assert (predictions[:, 0] - shift_right(frames[:, -1])).abs().max() > 1e-3  # the residual is not zero
+
+
+def test_baseline_is_linear_and_fed_back_raw():
+    # The authors' baseline ends in an identity activation: pixels outside [0, 1] are neither squashed
+    # nor clipped before they are fed back.
+    generator = PixelBaseline(kernel_size=3)
+    predictor = VideoPredictor(generator, encoder_width=2, hidden=4, decoder_width=4, features=4)
+    last = generator.head[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(-3.0)
+    predictions = predictor(torch.rand(1, 3, 1, 8, 8), frames_out=2)
+    torch.testing.assert_close(predictions, torch.full_like(predictions, -3.0))
+    features = torch.randn(2, 4, 5, 5)
+    head = generator.head
+    torch.testing.assert_close(generator(features), last(head[0](features)))  # affine, no activation
+    sigmoid = PixelBaseline(kernel_size=3, output="sigmoid")  # ours, as an explicit option
+    sigmoid.build(4, 1)
+    torch.testing.assert_close(sigmoid(features), torch.sigmoid(sigmoid.head(features)))
+    with pytest.raises(ValueError, match="output must be one of 'linear', 'sigmoid'"):
+        PixelBaseline(output="tanh")
+
+
+# ---------------------------------------------------------------- identity start (issue 9)
+
+
+def smooth_sequence(batch: int = 2, frames: int = 4, size: int = 32) -> torch.Tensor:
+    """Real-looking frames: random 8x8 images upsampled bilinearly to size x size, (B, T, 1, S, S) in [0, 1]."""
+    low = torch.rand(batch * frames, 1, 8, 8)
+    high = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)  # (B*T, 1, S, S)
+    return high.view(batch, frames, 1, size, size)
+
+
+IDENTITY_START = {
+    "dfn-local": lambda: DFN(kernel_size=9, identity_init=True),
+    "dfn-conv": lambda: DFN(kernel_size=9, mode="conv", identity_init=True),
+    "dfn-highway": lambda: DFN(kernel_size=11, dynamic_bias=True, identity_init=True),
+    "condconv-conv": lambda: CondConv(kernel_size=9),
+    "condconv-local": lambda: CondConv(kernel_size=9, mode="local", dynamic_bias=True),
+    "dynamicconv-conv": lambda: DynamicConv(kernel_size=9),
+    "dynamicconv-local": lambda: DynamicConv(kernel_size=9, mode="local"),
+    "dynet-learned": lambda: DyNet(kernel_size=9),
+    "dynet-local": lambda: DyNet(kernel_size=9, mode="local", dynamic_bias=True),
+    "dynet-polynomial": lambda: DyNet(kernel_size=9, bank="polynomial"),
+    "hdfnet": lambda: HDFNet(),
+}
+
+
+@pytest.mark.parametrize("name", list(IDENTITY_START))
+def test_identity_start_predicts_the_last_frame(name):
+    torch.manual_seed(0)
+    frames = smooth_sequence()
+    model = VideoPredictor(IDENTITY_START[name](), encoder_width=8, hidden=32, decoder_width=16, features=32)
+    with torch.no_grad():
+        predictions = model.eval()(frames, frames_out=3)
+    for t in range(3):  # also after feeding back its own predictions
+        assert F.mse_loss(predictions[:, t], frames[:, -1]) < 1e-3, (name, t)
+
+
+def test_paper_init_does_not_start_at_the_last_frame():
+    # The control for the test above: with the authors' He init the filters are random blurs (measured
+    # MSE to copy-last ~3e-2 on these frames), so the identity-start test is not passing trivially.
+    torch.manual_seed(0)
+    frames = smooth_sequence()
+    model = VideoPredictor(DFN(kernel_size=9), encoder_width=8, hidden=32, decoder_width=16, features=32)
+    with torch.no_grad():
+        assert F.mse_loss(model.eval()(frames, frames_out=1)[:, 0], frames[:, -1]) > 1e-2
+
+
+def tap_gradients(name: str, generator) -> torch.Tensor:
+    """Per-tap gradient magnitude of what makes the filters' K*K taps: (K*K,) (or (D*C*K*K,) for HDFNet)."""
+    if hasattr(generator, "bank"):  # kernel mixtures: the learned bank (N, K*K[+1])
+        taps = generator.kernel_size**2
+        if not generator.bank.requires_grad:  # DyNet's fixed polynomials: the coefficients make the taps
+            return generator.coefficient_module[-1].weight.grad.abs().sum(1)
+        return generator.bank.grad[:, :taps].abs().sum(0)
+    if isinstance(generator, HDFNet):
+        return generator.head.weight.grad[: generator.head.out_channels - generator.logits].abs().flatten(1).sum(1)
+    taps = generator.kernel_size**2
+    return generator.head.weight.grad[:taps].abs().flatten(1).sum(1)  # DFN: head rows of the K*K taps
+
+
+@pytest.mark.parametrize("name", list(IDENTITY_START))
+def test_identity_start_still_trains_every_tap(name):
+    # Starting at the centre filter must not freeze the others: after one backward every tap gets a gradient.
+    torch.manual_seed(0)
+    generator = IDENTITY_START[name]()
+    model = VideoPredictor(generator, encoder_width=8, hidden=32, decoder_width=16, features=32)
+    frames = smooth_sequence()
+    targets = torch.roll(frames[:, -1], shifts=(2, -3), dims=(-2, -1))  # the content moved: off-centre taps help
+    F.mse_loss(model(frames, frames_out=1)[:, 0], targets).backward()
+    grads = tap_gradients(name, generator)
+    assert (grads > 0).all(), f"{name}: taps without gradient: {(grads == 0).nonzero().flatten().tolist()}"
 
 
 def test_softmax_filters_keep_predictions_in_unit_range():
