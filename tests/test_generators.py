@@ -10,11 +10,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfn.generators import CondConv, CondInst, DMNet, DynamicConv, DyNet, HDFNet, TemperatureAnnealing
+import warnings
+
+from dfn.generators import DFN, CondConv, CondInst, DMNet, DynamicConv, DyNet, HDFNet, TemperatureAnnealing
 from dfn.generators.condinst import HeadFiltering
 from dfn.generators.dynet import polynomial_bases
+from dfn.generators.mixture import mix, normalise_taps
 from dfn.generators.schedule import annealed_temperature, set_temperature
 from dfn.predictor import VideoPredictor
+
+# Tests that fix τ on purpose (a reduction to a known case); the warning itself is tested below.
+pytestmark = pytest.mark.filterwarnings("ignore:DynamicConv is training with a fixed temperature")
 
 
 def built(generator, features: int = 8, channels: int = 1):
@@ -60,11 +66,11 @@ def test_dynamicconv_huge_temperature_mixes_uniformly(mode):
 @pytest.mark.parametrize("mode", ["conv", "local"])
 def test_dynet_one_basis_is_that_basis_scaled(mode):
     torch.manual_seed(0)
-    g = built(DyNet(kernel_size=3, mode=mode, degree=0, softmax=False))
+    g = built(DyNet(kernel_size=3, mode=mode, bank="polynomial", degree=0, softmax=False, identity_init=False))
     assert g.num_bases == 1
     torch.testing.assert_close(g.bases, torch.ones(1, 9))  # the constant, RMS 1 per entry
     features = torch.randn(2, 8, 4, 4)
-    coef = g.coefficients(features if mode == "local" else features.mean((2, 3)))  # (B, 1[, H, W])
+    coef = g.coefficient_module(features if mode == "local" else features.mean((2, 3)))  # (B, 1[, H, W])
     filters = g(features)
     if mode == "local":
         torch.testing.assert_close(filters, coef * g.bases[0].view(1, 9, 1, 1))
@@ -84,7 +90,8 @@ def test_dynet_bases_orthogonal_and_span_gaussian_blobs():
     projected = (log_blob @ bases.T / (K * K)) @ bases  # (81,)
     torch.testing.assert_close(torch.softmax(projected, 0), torch.softmax(log_blob, 0))
     # With softmax the constant basis is dropped (its coefficient could not learn).
-    assert DyNet(kernel_size=K).num_bases == 5 and DyNet(kernel_size=K, softmax=False).num_bases == 6
+    assert DyNet(kernel_size=K, bank="polynomial").num_bases == 5
+    assert DyNet(kernel_size=K, bank="polynomial", softmax=False).num_bases == 6
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -114,7 +121,7 @@ def test_condinst_paper_head_has_169_parameters():
 @pytest.mark.parametrize("channels", [1, 3])
 def test_hdfnet_one_hot_centre_is_identity(channels):
     torch.manual_seed(0)
-    g = built(HDFNet(softmax=False), channels=channels)
+    g = built(HDFNet(softmax=False, identity_init=False), channels=channels)
     B, D, H, W = 2, 3, 7, 6
     filters = torch.zeros(B, D, channels, 9, H, W)
     filters[:, :, :, 4] = 1.0  # centre tap of each 3x3 window, at every dilation
@@ -139,10 +146,90 @@ def test_dmnet_scale_one_is_per_channel_scaling(channels):
 def test_softmax_keeps_predictions_convex():
     torch.manual_seed(0)
     frame = torch.rand(2, 1, 12, 12)
-    for g in [CondConv(mode="local"), DynamicConv(temperature=1.0), DyNet(mode="local"), HDFNet(), DMNet()]:
+    for g in [DynamicConv(temperature=1.0, identity_init=False), DynamicConv(mode="local", temperature=1.0),
+              DyNet(mode="local", identity_init=False), DyNet(bank="polynomial"), HDFNet(identity_init=False), DMNet()]:
         g = built(g, features=8)
         out = g.filtering(frame, g(10 * torch.randn(2, 8, 12, 12)))
         assert out.min() >= -1e-6 and out.max() <= 1 + 1e-6, type(g).__name__
+
+
+# ---------------------------------------------------------------- kernel mixtures: one shared, linear piece
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (3, 4, 5, 6)])
+def test_mix_is_the_coefficient_weighted_sum(shape):
+    torch.manual_seed(0)
+    coefficients, bank = torch.randn(*shape), torch.randn(4, 10)
+    expected = sum(coefficients[:, n].unsqueeze(1) * (bank[n].view(1, -1, 1, 1) if len(shape) == 4 else bank[n])
+                   for n in range(4))  # loop over the bank: (B, V[, H, W])
+    torch.testing.assert_close(mix(coefficients, bank), expected)
+    with pytest.raises(ValueError, match=r"coefficients must be \(B, N=4\)"):
+        mix(torch.randn(3, 5), bank)
+    with pytest.raises(ValueError, match=r"bank must be \(N, V\)"):
+        mix(coefficients, bank[None])
+
+
+def test_normalise_taps_leaves_the_bias_column():
+    bank = torch.randn(3, 9 + 1)
+    out = normalise_taps(bank, 9)
+    torch.testing.assert_close(out[:, :9], torch.softmax(bank[:, :9], dim=1))
+    torch.testing.assert_close(out[:, 9], bank[:, 9])
+
+
+def hand_mixture(weights: torch.Tensor, bank: torch.Tensor, taps: int) -> torch.Tensor:
+    """Σ_n weights_n · [softmax(taps of W_n), bias of W_n]: the papers' linear mixture of normalised experts."""
+    experts = [torch.cat([torch.softmax(w[:taps], 0), w[taps:]]) for w in bank]
+    shape = weights.shape
+    if len(shape) == 4:
+        return sum(weights[:, n].unsqueeze(1) * e.view(1, -1, 1, 1) for n, e in enumerate(experts))
+    return sum(weights[:, n].unsqueeze(1) * e for n, e in enumerate(experts))
+
+
+@pytest.mark.parametrize("mode", ["conv", "local"])
+@pytest.mark.parametrize("make", [lambda m: CondConv(kernel_size=3, mode=m, experts=3, dynamic_bias=True),
+                                  lambda m: DynamicConv(kernel_size=3, mode=m, kernels=3, temperature=1.0,
+                                                        reduction=1, dynamic_bias=True)],
+                         ids=["condconv", "dynamicconv"])
+def test_mixture_of_normalised_experts_stays_linear(make, mode):
+    # CondConv / DynamicConv: filter = Σ αᵢ softmax(Wᵢ) (not softmax(Σ αᵢ Wᵢ)), applied without a second softmax.
+    torch.manual_seed(0)
+    g = built(make(mode), features=8)
+    with torch.no_grad():
+        g.bank.normal_(0, 2.0)  # experts far from each other and from the identity start
+    features = torch.randn(2, 8, 5, 4)
+    weights = g.coefficients(features)
+    filters = g(features)
+    torch.testing.assert_close(filters, hand_mixture(weights, g.bank.detach(), 9))
+    assert not g.filtering.softmax  # the experts are already normalised
+    taps_sum = filters[:, :9].sum(1)
+    torch.testing.assert_close(taps_sum, weights.sum(1))  # CondConv: Σα (a scaled convex combination)
+    if isinstance(g, DynamicConv):  # Σπ = 1: each filter is itself normalised, predictions convex
+        torch.testing.assert_close(taps_sum, torch.ones_like(taps_sum))
+
+
+def test_condconv_routing_is_raw_sigmoid_starting_at_one_over_n():
+    g = built(CondConv(kernel_size=3, experts=4, identity_init=False), features=8)
+    features = torch.randn(3, 8, 4, 4)
+    torch.testing.assert_close(g.coefficients(features), torch.sigmoid(g.router(features.mean((2, 3)))))
+    with torch.no_grad():
+        g.router.weight.zero_()
+    torch.testing.assert_close(g.coefficients(features), torch.full((3, 4), 0.25))  # bias logit(1/N)
+
+
+@pytest.mark.parametrize("mode", ["conv", "local"])
+def test_dynet_fuses_the_raw_bank_then_softmax(mode):
+    torch.manual_seed(0)
+    g = built(DyNet(kernel_size=3, mode=mode, kernels=3, identity_init=False), features=8)
+    assert isinstance(g.bank, nn.Parameter) and g.bank.shape == (3, 9)  # learned, input-independent kernels
+    assert g.filtering.softmax  # the fused filter is normalised by the filtering layer, as DFN's
+    features = torch.randn(2, 8, 5, 4)
+    c = g.coefficients(features)
+    expected = sum(c[:, n].unsqueeze(1) * (g.bank[n].view(1, -1, 1, 1) if mode == "local" else g.bank[n])
+                   for n in range(3))
+    torch.testing.assert_close(g(features), expected)
+    poly = built(DyNet(kernel_size=3, bank="polynomial", dynamic_bias=True), features=8)
+    assert "bank" not in dict(poly.named_parameters()) and "bank" in dict(poly.named_buffers())
+    assert poly.bank.shape == (5 + 1, 9 + 1)  # 5 polynomials + the bias row, K*K taps + the bias column
 
 
 # ---------------------------------------------------------------- gradients inside the predictor
@@ -186,8 +273,14 @@ def test_gradients_reach_every_generator_parameter(name, channels):
     lambda: DynamicConv(kernels=0),
     lambda: DynamicConv(temperature=0.0),
     lambda: DyNet(degree=-1),
-    lambda: DyNet(degree=0),  # softmax leaves no basis
-    lambda: DyNet(kernel_size=1, degree=1, softmax=False),  # 3 bases > 1 value
+    lambda: DyNet(bank="polynomial", degree=0, identity_init=False),  # softmax leaves no basis
+    lambda: DyNet(bank="polynomial", degree=1),  # the identity start needs a quadratic
+    lambda: DyNet(bank="fixed"),
+    lambda: DyNet(kernels=0),
+    lambda: DyNet(kernel_size=1, bank="polynomial", degree=1, softmax=False, identity_init=False),  # 3 > 1
+    lambda: DFN(dilation=0),
+    lambda: DFN(kernel_size=4),
+    lambda: DFN(softmax=False, identity_init=True),
     lambda: CondInst(mode="local"),
     lambda: CondInst(head_layers=0),
     lambda: HDFNet(mode="conv"),
@@ -205,15 +298,49 @@ def test_bad_arguments_raise(make):
 
 
 def test_temperature_schedule_by_hand():
-    cb = TemperatureAnnealing(start=30.0, end=1.0, anneal_steps=100)
+    cb = TemperatureAnnealing(start=30.0, end=1.0, anneal_fraction=None, anneal_steps=100)
     assert cb.temperature(0) == 30.0
     assert cb.temperature(50) == pytest.approx(15.5)  # halfway: (30 + 1) / 2
     assert cb.temperature(100) == 1.0 and cb.temperature(10_000) == 1.0
     values = [cb.temperature(s) for s in range(0, 150)]
     assert all(a >= b for a, b in zip(values, values[1:]))  # monotone non-increasing
     assert annealed_temperature(5, 30.0, 1.0, 0) == 1.0  # no annealing: τ = end at once
-    assert math.isclose(TemperatureAnnealing().temperature(0), 30.0)  # DynamicConv's defaults
-    assert TemperatureAnnealing().temperature(TemperatureAnnealing().anneal_steps) == 1.0
+    default = TemperatureAnnealing()  # DynamicConv's: 30 -> 1 over the first 10 % of the run
+    assert default.resolve(20_000) == 2_000 and default.resolve(1_000) == 100
+    assert default.temperature(0) == 30.0 and default.temperature(100) == 1.0
+    assert TemperatureAnnealing().anneal_steps is None  # unknown before the run length is
+
+
+@pytest.mark.parametrize("make", [
+    lambda: TemperatureAnnealing(anneal_steps=100),  # both a fraction (the default) and steps
+    lambda: TemperatureAnnealing(anneal_fraction=None),  # neither
+    lambda: TemperatureAnnealing(anneal_fraction=1.5),
+    lambda: TemperatureAnnealing(anneal_fraction=None, anneal_steps=-1),
+    lambda: TemperatureAnnealing(start=0.0),
+])
+def test_temperature_annealing_bad_arguments(make):
+    with pytest.raises(ValueError, match="TemperatureAnnealing"):
+        make()
+
+
+def test_anneal_fraction_needs_a_finite_run():
+    with pytest.raises(ValueError, match="finite run length"):
+        TemperatureAnnealing().resolve(float("inf"))
+
+
+def test_dynamicconv_warns_once_without_the_schedule():
+    g = built(DynamicConv(kernel_size=3, reduction=1))
+    features = torch.randn(2, 8, 4, 4)
+    with pytest.warns(UserWarning, match="fixed temperature τ = 30.*TemperatureAnnealing"):
+        g(features)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g(features)  # once only
+        g.eval()
+        built(DynamicConv(kernel_size=3)).eval()(features)  # evaluation is not training: no warning
+        scheduled = built(DynamicConv(kernel_size=3))
+        set_temperature(scheduled, 12.0)  # what the callback does before every training batch
+        scheduled(features)
 
 
 def test_set_temperature_reaches_dynamicconv_inside_predictor():
@@ -246,9 +373,43 @@ def test_temperature_annealing_callback_in_a_trainer(tmp_path):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             seen.append(float(pl_module.generator.temperature))
 
-    trainer = L.Trainer(max_steps=4, callbacks=[TemperatureAnnealing(30.0, 1.0, anneal_steps=2), Spy()],
+    trainer = L.Trainer(max_steps=4, callbacks=[TemperatureAnnealing(30.0, 1.0, anneal_fraction=None, anneal_steps=2),
+                                                Spy()],
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu")
     trainer.fit(model, data)
     assert seen == [30.0, 15.5, 1.0, 1.0]
     assert trainer.callback_metrics["generator/temperature"] == 1.0
+
+
+@pytest.mark.parametrize("budget", [dict(max_steps=4), dict(max_epochs=2)], ids=["max_steps", "max_epochs"])
+def test_anneal_fraction_finishes_inside_any_budget(budget, tmp_path):
+    # The schedule follows the run's length: half of 4 steps (max_steps 4, or 2 epochs x 2 batches).
+    import lightning as L
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.generator = built(DynamicConv(kernel_size=3, reduction=1))
+
+        def training_step(self, batch, batch_idx):
+            return self.generator.filtering(batch[:, :1], self.generator(batch[:, 1:])).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    seen = []
+
+    class Spy(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(float(pl_module.generator.temperature))
+
+    data = torch.utils.data.DataLoader(torch.rand(4, 9, 6, 6), batch_size=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the scheduled DynamicConv must not warn
+        warnings.filterwarnings("ignore", message=".*(num_workers|does not have many workers|log_every_n_steps).*")
+        trainer = L.Trainer(**budget, callbacks=[TemperatureAnnealing(30.0, 1.0, anneal_fraction=0.5), Spy()],
+                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu")
+        trainer.fit(Tiny(), data)
+    assert seen == [30.0, 15.5, 1.0, 1.0]
