@@ -93,8 +93,9 @@ def frame_scores(predictions: torch.Tensor, targets: torch.Tensor, eps: float = 
     scores["bce_per_pixel"] = scores["bce_per_frame"] / pixels
     scores["mse_per_pixel"] = scores["mse_per_frame"] / pixels
     b, t = p.shape[:2]
-    flat_p = rearrange(predictions.detach().float().clamp(0, 1), "b t c h w -> (b t) c h w")
-    flat_y = rearrange(targets.detach().float(), "b t c h w -> (b t) c h w")
+    # float64: torchmetrics in float32 is off by ~1e-4 in SSIM (variances from E[x^2] - mean^2)
+    flat_p = rearrange(predictions.detach().double().clamp(0, 1), "b t c h w -> (b t) c h w")
+    flat_y = rearrange(targets.detach().double(), "b t c h w -> (b t) c h w")
     side = min(p.shape[-2:])
     window = min(11, side - (side + 1) % 2)  # 11x11 Gaussian window, sigma 1.5; smaller on tiny frames
     ssim = structural_similarity_index_measure(flat_p, flat_y, data_range=1.0, reduction="none",
