@@ -3,8 +3,11 @@
 Losses (set in the config): ``bce`` for Moving MNIST (the paper's binary cross-entropy on predictions
 clipped to [eps, 1 - eps]), ``mse`` for highway. Validation and test report every metric of
 `dfn.metrics` for the model and for the trivial copy-last-frame predictor on the same batches, per
-prediction horizon too. ``val/loss`` (the configured loss in its per-frame convention) is what model
-selection monitors; the test set is never seen during fit.
+prediction horizon too. ``val/loss`` is what model selection monitors: the training loss itself, summed
+over a frame's pixels instead of averaged (``bce``: ``bce_per_frame``, the same clip and eps; ``mse``:
+``mse_per_frame`` of the raw predictions), i.e. training loss x C*H*W; the test set is never seen during
+fit. Test metrics are logged under ``test_prefix`` (``test`` by default; the CLI tests the final weights
+of a fit under ``test_final``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,25 @@ from dfn.predictor import Layout, VideoPredictor
 # init_args) and its weights in the state dict; Lightning's advice to ignore it would break
 # `load_from_checkpoint` without arguments, so its warning is noise here.
 warnings.filterwarnings("ignore", message="Attribute 'generator' is an instance of `nn.Module`")
+
+
+def check_training_config(frames_in: int, buffer_len: int, lr: float, lr_decay_every: int, lr_decay: float,
+                          bce_eps: float) -> None:
+    """Raise a ValueError naming the argument and its allowed range for a training setting that cannot work."""
+    if buffer_len > frames_in:
+        raise ValueError(f"buffer_len must be <= frames_in ({frames_in}): the generator reads the last buffer_len "
+                         f"input frames; got buffer_len={buffer_len}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if isinstance(lr_decay_every, bool) or not isinstance(lr_decay_every, int) or lr_decay_every < 1:
+        raise ValueError(f"lr_decay_every must be an integer >= 1 (epochs between learning-rate decays), "
+                         f"got {lr_decay_every!r}")
+    if not 0 < lr_decay <= 1:
+        raise ValueError(f"lr_decay must be in (0, 1] (the factor applied every lr_decay_every epochs; 1 = "
+                         f"constant), got {lr_decay}")
+    if not 0 < bce_eps < 0.5:
+        raise ValueError(f"bce_eps must be in (0, 0.5) (predictions are clipped to [bce_eps, 1 - bce_eps]), "
+                         f"got {bce_eps}")
 
 
 class VideoPrediction(L.LightningModule):
@@ -49,6 +71,7 @@ class VideoPrediction(L.LightningModule):
         layout: Layout = "moving_mnist",
         untied_input_bias: bool = False,
         image_size: int = 64,
+        refinement: bool = False,
         loss: Literal["bce", "mse"] = "bce",
         lr: float = 1e-3,  # paper: 1e-3 (baseline 1e-4)
         lr_decay_every: int = 20,  # paper: halve the learning rate every 20 epochs
@@ -60,16 +83,18 @@ class VideoPrediction(L.LightningModule):
             raise ValueError(f"loss must be 'bce' or 'mse', got {loss!r}")
         if frames_in < 1 or frames_out < 1:
             raise ValueError(f"frames_in and frames_out must be >= 1, got {frames_in} and {frames_out}")
+        check_training_config(frames_in, buffer_len, lr, lr_decay_every, lr_decay, bce_eps)
         self.save_hyperparameters()
-        self.predictor = VideoPredictor(generator, channels=channels, buffer_len=buffer_len,
-                                        encoder_width=encoder_width, hidden=hidden, decoder_width=decoder_width,
-                                        features=features, layout=layout, untied_input_bias=untied_input_bias,
-                                        image_size=image_size)
+        self.predictor = VideoPredictor(generator, channels=channels, buffer_len=buffer_len, encoder_width=encoder_width,
+                                        hidden=hidden, decoder_width=decoder_width, features=features, layout=layout,
+                                        untied_input_bias=untied_input_bias, image_size=image_size,
+                                        refinement=refinement)
         self.frames_in, self.frames_out, self.channels, self.loss_name = frames_in, frames_out, channels, loss
         self.metrics = torch.nn.ModuleDict({
             f"{stage}_{who}": FrameMetrics(frames_out, bce_eps)
             for stage in ("val", "test") for who in ("model", "copy_last")
         })
+        self.test_prefix = "test"  # the name test metrics are logged under (the CLI's after_fit: test_final)
 
     @property
     def generator(self) -> FilterGenerator:
@@ -102,7 +127,8 @@ class VideoPrediction(L.LightningModule):
     def _evaluate(self, batch: torch.Tensor, stage: str) -> None:
         inputs, targets = self.split(batch)
         predictions = self(inputs)
-        self.log(f"{stage}/loss_mean", self.loss(predictions, targets), sync_dist=True, batch_size=len(batch))
+        prefix = self.test_prefix if stage == "test" else stage
+        self.log(f"{prefix}/loss_mean", self.loss(predictions, targets), sync_dist=True, batch_size=len(batch))
         self.metrics[f"{stage}_model"].update(predictions, targets)
         copy_last = repeat(inputs[:, -1], "b c h w -> b t c h w", t=self.frames_out)
         self.metrics[f"{stage}_copy_last"].update(copy_last, targets)
@@ -117,26 +143,28 @@ class VideoPrediction(L.LightningModule):
         inputs = batch[:, : self.frames_in]
         return {"inputs": inputs, "targets": batch[:, self.frames_in :], "predictions": self(inputs)}
 
-    def _log_metrics(self, stage: str) -> dict[str, torch.Tensor]:
-        """Compute (synchronised over ranks), log and reset; returns the scalars and horizon curves."""
+    def _log_metrics(self, stage: str, name_prefix: str) -> dict[str, torch.Tensor]:
+        """Compute (synchronised over ranks), log under `name_prefix` and reset; returns the scalars and
+        horizon curves."""
         results = {}
         for who in ("model", "copy_last"):
             metric = self.metrics[f"{stage}_{who}"]
-            prefix = stage if who == "model" else f"{stage}/copy_last"
+            prefix = name_prefix if who == "model" else f"{name_prefix}/copy_last"
             for name, value in metric.compute().items():
                 results[f"{prefix}/{name}"] = value
             metric.reset()
         scalars = {k: v.float() for k, v in results.items() if not k.endswith("/horizon")}
+        # What checkpointing monitors: the training loss's own quantity (module docstring), per frame.
         monitored = "bce_per_frame" if self.loss_name == "bce" else "mse_per_frame"
-        scalars[f"{stage}/loss"] = scalars[f"{stage}/{monitored}"]  # what checkpointing monitors
+        scalars[f"{name_prefix}/loss"] = scalars[f"{name_prefix}/{monitored}"]
         self.log_dict(scalars, sync_dist=False)  # already reduced over ranks by torchmetrics
         return results
 
     def on_validation_epoch_end(self) -> None:
-        self.last_val_results = self._log_metrics("val")
+        self.last_val_results = self._log_metrics("val", "val")
 
     def on_test_epoch_end(self) -> None:
-        self.last_test_results = self._log_metrics("test")
+        self.last_test_results = self._log_metrics("test", self.test_prefix)
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

@@ -3,24 +3,50 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, only, read_summary, run_train
+from conftest import ROOT, TINY, only, read_summary, run_train
+from dfn.data import MovingMNIST
 from dfn.module import VideoPrediction
 from wandb_records import logged_history
+
+# "Best" = the epoch with the HIGHEST validation loss: the first, as the loss falls while training, so the
+# best-by-validation checkpoint and the final weights differ and test/ vs test_final/ cannot be mixed up.
+# Every epoch is kept: Lightning rewrites last.ckpt only when it saves a top-k checkpoint, and here
+# last.ckpt must hold the final weights.
+WORST_IS_BEST = ["--checkpoint.mode", "max", "--checkpoint.save_top_k", "-1"]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Two fits of the same tiny config in the same folder: the second must not trip over the first."""
     cwd = tmp_path_factory.mktemp("fit")
-    first = run_train(["fit", *TINY], cwd)
-    second = run_train(["fit", *TINY], cwd)
+    first = run_train(["fit", *TINY, *WORST_IS_BEST], cwd)
+    second = run_train(["fit", *TINY, *WORST_IS_BEST], cwd)
     return cwd, first, second
+
+
+def numpy_test_bce(checkpoint: str) -> tuple[float, float]:
+    """Test BCE per frame of a checkpoint on TINY's test set, by numpy (not dfn.metrics): (model, copy-last)."""
+    model = VideoPrediction.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    data = MovingMNIST(image_size=32, frames_in=3, frames_out=2, test_size=10, seed=0)
+    data.setup("test")
+    clips = torch.stack([data.test_set[i] for i in range(len(data.test_set))])  # (10, 5, 1, 32, 32)
+    with torch.no_grad():
+        predictions = model(clips[:, :3]).clamp(1e-7, 1 - 1e-7).double().numpy()  # the paper's clip, in float32
+    targets = clips[:, 3:].double().numpy()
+    copy_last = np.repeat(clips[:, 2:3].clamp(1e-7, 1 - 1e-7).double().numpy(), 2, axis=1)  # clipped in float32 too
+
+    def bce(p):  # summed over a frame's pixels, mean over frames and sequences
+        return float(np.mean(np.sum(-(targets * np.log(p) + (1 - targets) * np.log(1 - p)), axis=(2, 3, 4))))
+    return bce(predictions), bce(copy_last)
 
 
 def run_dirs(cwd):
@@ -39,11 +65,20 @@ def test_fit_writes_checkpoints_gifs_wandb_and_a_summary(trained):
     assert len(list((directory / "gifs").glob("flow_epoch*.gif"))) == 2  # the filters' flow fields
     gif = iio.imread(directory / "gifs" / "test.gif")
     assert gif.shape[0] == 5 and gif.shape[2] == 3 * 32  # 3 input + 2 predicted frames; GT | prediction | error
-    # The test metrics of the best checkpoint, for the model and for copying the last frame.
-    assert summary["test/sequences"] == 10
-    assert 0 < summary["test/bce_per_frame"] < 32 * 32 * -np.log(1e-7)
-    assert summary["test/copy_last/bce_per_frame"] > 0
-    assert len(summary["test/bce_per_frame/horizon"]) == 2
+    # The test metrics of the best checkpoint (test/) and of the final weights (test_final/), recomputed
+    # here by numpy from the checkpoint files and the regenerated test set.
+    assert "best-000-" in summary["checkpoint"]  # WORST_IS_BEST: the first epoch, not the final weights
+    assert summary["test/sequences"] == summary["test_final/sequences"] == 10
+    best_bce, copy_bce = numpy_test_bce(summary["checkpoint"])
+    final_bce, _ = numpy_test_bce(str(directory / "checkpoints" / "last.ckpt"))
+    assert best_bce != pytest.approx(final_bce, rel=1e-3)  # else the next two lines could not tell them apart
+    assert summary["test/bce_per_frame"] == pytest.approx(best_bce, rel=1e-5)
+    assert summary["test_final/bce_per_frame"] == pytest.approx(final_bce, rel=1e-5)
+    assert summary["test/copy_last/bce_per_frame"] == pytest.approx(copy_bce, rel=1e-5)
+    assert summary["test_final/bce_per_frame"] < summary["test/copy_last/bce_per_frame"]  # beats copying
+    assert len(summary["test/bce_per_frame/horizon"]) == len(summary["test_final/bce_per_frame/horizon"]) == 2
+    assert (f"test bce_per_frame: best-by-val checkpoint {summary['test/bce_per_frame']:.2f}, "
+            f"final weights {summary['test_final/bce_per_frame']:.2f}") in first.stdout
     assert summary["parameters"] > 0 and summary["flops_per_step"] > 0
     assert f"dfn: run {directory}" in first.stdout
     # wandb: an offline run on disk, whose logged metrics can be read back.
@@ -52,6 +87,7 @@ def test_fit_writes_checkpoints_gifs_wandb_and_a_summary(trained):
     for row in logged_history(only(list(wandb_run.glob("run-*.wandb")))):
         logged.update(row)
     assert logged["test/bce_per_frame"] == pytest.approx(summary["test/bce_per_frame"], rel=1e-5)
+    assert logged["test_final/bce_per_frame"] == pytest.approx(summary["test_final/bce_per_frame"], rel=1e-5)
     assert "val/loss" in logged and "train/loss" in logged and "lr-Adam" in logged
     assert logged["test/horizon/_type"] == "table-file"  # per-horizon metrics as a wandb table
     for key in ("val/predictions", "test/predictions", "val/filter_flow"):  # the GIFs, as wandb videos
@@ -63,9 +99,9 @@ def test_same_config_twice_gives_the_same_metrics(trained):
     cwd, *_ = trained
     first, second = (json.loads(p.read_text()) for p in run_dirs(cwd))
     assert first["run_dir"] != second["run_dir"]
-    for key in ("test/bce_per_frame", "test/mse_per_frame", "test/ssim", "val/bce_per_frame"):
-        if key in first:
-            assert first[key] == second[key], key
+    for key in ("test/bce_per_frame", "test/mse_per_frame", "test/ssim", "test/ssim_openstl",
+                "test_final/bce_per_frame", "global_step", "parameters"):
+        assert first[key] == second[key], key
 
 
 def test_checkpoint_loads_without_extra_arguments(trained):
@@ -76,13 +112,49 @@ def test_checkpoint_loads_without_extra_arguments(trained):
     assert model(torch.rand(2, 3, 1, 32, 32)).shape == (2, 2, 1, 32, 32)
 
 
-def test_resume_continues_the_step_count(tmp_path):
-    run_train(["fit", *TINY, "--trainer.max_epochs", "1"], tmp_path)
+def newest_summary(cwd) -> dict:
+    return json.loads(max(cwd.glob("runs/dfn/*/summary.json"), key=lambda p: p.stat().st_mtime).read_text())
+
+
+def test_resume_restores_the_weights_and_continues_the_optimizer(tmp_path):
+    run_train(["fit", *TINY, *WORST_IS_BEST, "--trainer.max_epochs", "1"], tmp_path)
     last = only(sorted(tmp_path.glob("runs/dfn/*/checkpoints/last.ckpt")))
     assert torch.load(last, weights_only=False)["global_step"] == 3
-    run_train(["fit", *TINY, "--trainer.max_epochs", "2", "--ckpt_path", str(last)], tmp_path)
-    resumed = max(tmp_path.glob("runs/dfn/*/summary.json"), key=lambda p: p.stat().st_mtime)
-    assert json.loads(resumed.read_text())["global_step"] == 6  # 3 more steps, not 6 from scratch
+    # Resumed with nothing left to train, the final weights tested after fit are the checkpoint's own.
+    restored = run_train(["fit", *TINY, *WORST_IS_BEST, "--trainer.max_epochs", "1", "--ckpt_path", str(last)], tmp_path)
+    assert "final weights" in restored.stdout
+    assert newest_summary(tmp_path)["test_final/bce_per_frame"] == pytest.approx(numpy_test_bce(str(last))[0], rel=1e-5)
+    # Resumed for one more epoch: 3 more steps, and Adam's own step count goes on from the checkpoint's 3
+    # (a fresh optimizer would count 3 again). Exact equality with an uninterrupted run is not asserted here.
+    run_train(["fit", *TINY, *WORST_IS_BEST, "--trainer.max_epochs", "2", "--ckpt_path", str(last)], tmp_path)
+    summary = newest_summary(tmp_path)
+    assert summary["global_step"] == 6  # 3 more steps, not 6 from scratch
+    resumed = torch.load(Path(summary["run_dir"]) / "checkpoints" / "last.ckpt", weights_only=False)
+    assert resumed["global_step"] == 6
+    assert all(state["step"].item() == 6 for state in resumed["optimizer_states"][0]["state"].values())
+
+
+def run_failing(args: list[str], cwd) -> subprocess.CompletedProcess:
+    """`python train.py <args>` expected to fail; returns the finished process."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, stdin=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin", "WANDB_MODE": "offline",
+                                                                      "WANDB_SILENT": "true", "PYTHONPATH": str(ROOT)})
+
+
+def test_a_bad_setting_stops_the_cli_with_its_name_and_range(tmp_path):
+    proc = run_failing(["fit", "--config", str(ROOT / "experiments" / "quickstart.yaml"), "--model.lr_decay_every", "0"],
+                       tmp_path)
+    assert proc.returncode != 0
+    assert "lr_decay_every must be an integer >= 1" in proc.stderr
+    assert not list(tmp_path.glob("runs/dfn/*/checkpoints/*.ckpt"))
+
+
+def test_paper_protocol_refuses_to_run_without_the_users_test_file(tmp_path):
+    proc = run_failing(["fit", "--config", str(ROOT / "experiments" / "moving_mnist" / "paper_protocol.yaml"),
+                        "--data.init_args.mnist_dir", str(tmp_path)], tmp_path)
+    assert proc.returncode != 0
+    assert "test_file data/mnist_test_seq.npy: no such file" in proc.stderr
 
 
 def test_predict_writes_gifs_and_frames(trained, tmp_path):

@@ -235,7 +235,13 @@ class ClipDataModule(L.LightningDataModule):
                           num_workers=self.num_workers, drop_last=False)
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.val_set, "validate")
+        loader = self._eval_loader(self.val_set, "validate")
+        if len(loader.dataset) == 0:  # Lightning would skip validation and checkpointing on val/loss silently
+            raise ValueError(f"{type(self).__name__}: the validation split is empty (val_fraction / val_size 0, or "
+                             "too little data), but validation runs and checkpoints monitor val/loss. Give "
+                             "val_fraction > 0 (or val_size >= 1), or train without validation: "
+                             "--trainer.limit_val_batches 0 --checkpoint.monitor null")
+        return loader
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader(self.test_set, "test")

@@ -1,0 +1,101 @@
+"""VideoPrediction: what model selection monitors, bad settings refused at construction, test metric names."""
+
+from __future__ import annotations
+
+import imageio.v3 as iio
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from dfn.data import VideoFolder
+from dfn.generators import DFN, PixelBaseline
+from dfn.module import VideoPrediction
+
+SMALL = dict(frames_in=2, frames_out=2, encoder_width=4, hidden=4, decoder_width=4, features=4, image_size=16)
+
+
+class Spread(VideoPrediction):
+    """Predictions stretched far outside [0, 1] (an un-squashed pixel predictor early in training can do this),
+    so that scoring the raw and the clamped prediction give different numbers."""
+
+    def forward(self, inputs, frames_out=None):
+        out = super().forward(inputs, frames_out)
+        return (out - out.mean()) / out.std() * 0.8 + 0.5  # mean 0.5, std 0.8
+
+
+def trainer() -> L.Trainer:
+    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False)
+
+
+def clips(n: int = 6, seed: int = 0) -> torch.Tensor:
+    """(n, 4, 1, 16, 16) in [0, 1]: sparse bright pixels, like digits on black."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 4, 1, 16, 16, generator=g) > 0.8).float() * torch.rand(n, 4, 1, 16, 16, generator=g)
+
+
+@pytest.mark.parametrize("loss, generator, module", [("mse", PixelBaseline(kernel_size=3), Spread),
+                                                     ("bce", DFN(kernel_size=3), Spread),
+                                                     ("bce", DFN(kernel_size=3), VideoPrediction)])
+def test_val_loss_is_the_training_loss_per_frame(loss, generator, module):
+    torch.manual_seed(0)
+    model = module(generator, loss=loss, **SMALL).eval()
+    data = clips()
+    inputs, targets = model.split(data)
+    with torch.no_grad():
+        predictions = model(inputs)
+        training_loss = model.loss(predictions, targets).item()  # what training_step optimises, per pixel
+    if module is Spread:
+        assert predictions.min() < -0.5 and predictions.max() > 1.5  # the clamp would matter
+    logged = trainer().validate(model, dataloaders=DataLoader(data, batch_size=len(data)), verbose=False)[0]
+    pixels = 1 * 16 * 16
+    assert logged["val/loss"] == pytest.approx(training_loss * pixels, rel=1e-5)
+
+
+@pytest.mark.parametrize("name, value, allowed", [
+    ("lr_decay_every", 0, ">= 1"), ("lr_decay_every", -3, ">= 1"),
+    ("bce_eps", 0.0, "(0, 0.5)"), ("bce_eps", 0.5, "(0, 0.5)"), ("bce_eps", -1e-7, "(0, 0.5)"),
+    ("lr", 0.0, "> 0"), ("lr", -1e-3, "> 0"),
+    ("lr_decay", 0.0, "(0, 1]"), ("lr_decay", 1.5, "(0, 1]"),
+    ("buffer_len", 3, "<= frames_in (2)"),
+])
+def test_bad_training_settings_fail_at_construction(name, value, allowed):
+    with pytest.raises(ValueError) as err:
+        VideoPrediction(DFN(kernel_size=3), **{**SMALL, name: value})
+    assert name in str(err.value) and allowed in str(err.value) and str(value) in str(err.value)
+
+
+def test_edge_values_are_accepted():
+    model = VideoPrediction(DFN(kernel_size=3), **{**SMALL, "buffer_len": 2, "lr_decay": 1.0, "lr_decay_every": 1,
+                                                   "bce_eps": 0.49})
+    assert model.hparams.lr_decay == 1.0
+
+
+def test_test_metrics_are_logged_under_the_test_prefix():
+    torch.manual_seed(0)
+    model = VideoPrediction(DFN(kernel_size=3), **SMALL)
+    loader = DataLoader(clips(), batch_size=4)
+    best = trainer().test(model, dataloaders=loader, verbose=False)[0]
+    model.test_prefix = "test_final"
+    final = trainer().test(model, dataloaders=loader, verbose=False)[0]
+    assert not any(k.startswith("test/") for k in final) and not any(k.startswith("test_final/") for k in best)
+    # The same weights and data under two names: the same numbers.
+    for key in ("bce_per_frame", "mse_per_frame", "ssim", "ssim_openstl", "copy_last/bce_per_frame", "loss"):
+        assert final[f"test_final/{key}"] == best[f"test/{key}"], key
+    assert set(model.last_test_results) >= {"test_final/bce_per_frame/horizon", "test_final/sequences"}
+    assert model.last_test_results["test_final/sequences"].item() == 6
+
+
+def test_an_empty_validation_split_is_an_error_saying_how_to_fix_it(tmp_path):
+    frames = np.zeros((30, 32, 32, 3), np.uint8)
+    for t in range(len(frames)):
+        frames[t, 8:16, t % 20: t % 20 + 8] = 255
+    video = tmp_path / "clip.mp4"
+    iio.imwrite(video, frames, fps=10, macro_block_size=1)
+    data = VideoFolder(str(video), frames_in=2, frames_out=2, image_size=16, batch_size=2,
+                       val_fraction=0.0, test_fraction=0.2)
+    data.setup("fit")
+    with pytest.raises(ValueError, match="validation split is empty.*val_fraction > 0.*limit_val_batches 0"):
+        data.val_dataloader()
