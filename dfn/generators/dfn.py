@@ -7,7 +7,7 @@ this class is that last layer, plus its pooled counterpart for dynamic convoluti
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -58,6 +58,10 @@ class DFN(FilterGenerator):
         else:
             he_uniform_(self.head)
 
+    def summary(self) -> dict[str, Any]:
+        return {**super().summary(), "dilation": self.dilation, "softmax": self.softmax,
+                "dynamic_bias": self.dynamic_bias, "identity_init": self.identity_init}
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """features (B, F, H, W) -> filters (B, K*K[+1], H, W) in local mode, (B, K*K[+1]) in conv mode."""
         if self.mode == "local":
@@ -97,6 +101,9 @@ class PixelBaseline(FilterGenerator):
         hidden = self.kernel_size**2 + int(self.dynamic_bias)
         self.head = he_uniform_(nn.Sequential(nn.Conv2d(features, hidden, 1), nn.Conv2d(hidden, channels, 1)))
         self.filtering = PassThrough()
+
+    def summary(self) -> dict[str, Any]:
+        return {**super().summary(), "dynamic_bias": self.dynamic_bias, "output": self.output}
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """features (B, F, H, W) -> pixels (B, C, H, W): unbounded ("linear") or in (0, 1) ("sigmoid")."""
