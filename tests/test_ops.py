@@ -389,9 +389,23 @@ def test_dynamic_conv_bad_input(fn, x, w, b, kwargs, shape):
 
 # ---------------------------------------------------------------- benchmark smoke test
 
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("K,dilation", [(3, 1), (5, 2), (3, 3)])
+def test_bench_baselines_compute_local_filtering(K, dilation, per_channel):
+    # The peers' implementations we time against must compute the same thing, or the ratios lie.
+    from dfn.bench.ops import im2col_local_filter, unfold_local_filter
+
+    torch.manual_seed(9)
+    x = torch.randn(2, 3, 7, 9, dtype=torch.float64)
+    f = _filters(2, 3, K, 7, 9, per_channel, dtype=torch.float64)
+    ref = local_filter_reference(x, f, dilation)
+    torch.testing.assert_close(unfold_local_filter(x, f, dilation), ref)
+    torch.testing.assert_close(im2col_local_filter(x, f, dilation), ref)
+
+
 def test_bench_ops_quick_prints_json():
-    proc = subprocess.run([sys.executable, "-m", "dfn.bench", "ops", "--quick", "--json"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "dfn.bench", "ops", "--quick", "--json",
+                           "--device", "cpu"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
     assert {r["operator"] for r in rows} == {"local_filter", "dynamic_conv"}
@@ -400,3 +414,11 @@ def test_bench_ops_quick_prints_json():
                     "baseline_fwd_ms", "fast_peak_mib", "speedup_fwd", "speedup_fwdbwd",
                     "memory_ratio", "bound_fwdbwd_ms", "fast_vs_bound_fwdbwd"):
             assert key in r
+        if r["operator"] == "local_filter":
+            assert r["implementations"] == ["unfold", "im2col", "fast"]  # no triton column on CPU
+            assert r["baseline"] == "unfold"
+            assert r["speedup_fwd"] == pytest.approx(r["unfold_fwd_ms"] / r["fast_fwd_ms"])
+            assert r["im2col/fast_fwdbwd"] == pytest.approx(r["im2col_fwdbwd_ms"]
+                                                            / r["fast_fwdbwd_ms"])
+        else:
+            assert r["baseline"] == "loop"

@@ -86,7 +86,7 @@ def test_triton_backend_on_cpu_without_interpreter_raises(monkeypatch):
 @pytest.mark.usefixtures("interpret")
 def test_triton_backend_rejects_float64():
     x, f = torch.rand(1, 1, 4, 4, dtype=torch.float64), torch.rand(1, 9, 4, 4, dtype=torch.float64)
-    with pytest.raises(ValueError, match="float64"):
+    with pytest.raises(ValueError, match="float64.*backend='torch'"):
         local_filter(x, f, backend="triton")
 
 
@@ -114,3 +114,6 @@ def test_auto_backend_on_cuda_matches_torch_backend():
     x = torch.rand(4, 3, 64, 64, device="cuda")
     f = torch.softmax(torch.randn(4, 81, 64, 64, device="cuda"), dim=1)
     torch.testing.assert_close(local_filter(x, f), local_filter(x, f, backend="torch"))
+    # float64 is not a Triton dtype here: auto falls back to the torch path instead of failing.
+    xd, fd = x.double(), f.double()
+    torch.testing.assert_close(local_filter(xd, fd), local_filter_reference(xd, fd))

@@ -185,8 +185,8 @@ def local_filter(x: Tensor, filters: Tensor, dilation: int = 1, *,
             needs d·(K//2) < H and < W).
         backend: "torch" (the loop over offsets below, any device), "triton" (fused kernels of
             ``dfn.ops.local_filter_triton``; CUDA tensors, or CPU tensors under
-            ``TRITON_INTERPRET=1``), or "auto" (Triton for CUDA tensors when triton is installed,
-            else torch).
+            ``TRITON_INTERPRET=1``; float32/bfloat16/float16), or "auto" (Triton for CUDA tensors
+            of those dtypes when triton is installed, else torch).
 
     Returns:
         (B, C, H, W) in x's dtype. Differentiable in x and filters with O(size of x + size of

@@ -40,6 +40,9 @@ def unavailable_reason(x: Tensor) -> str | None:
     """None when these kernels can run on ``x``'s device, else why not (for error messages)."""
     if importlib.util.find_spec("triton") is None:
         return "triton is not installed (pip install triton; Linux only)"
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return (f"the Triton kernels take float32, bfloat16 or float16, not {x.dtype} "
+                f"(use backend='torch', e.g. for float64 gradcheck)")
     if x.is_cuda or (x.device.type == "cpu" and _interpreting()):
         return None
     return (f"x is on {x.device}; Triton runs CUDA tensors, or CPU tensors under its interpreter "
@@ -135,9 +138,6 @@ def local_filter_triton(x: Tensor, filters: Tensor, dilation: int = 1, *,
     reason = unavailable_reason(x)
     if reason is not None:
         raise ValueError(f"local_filter_triton: cannot run: {reason}")
-    if x.dtype == torch.float64:
-        raise ValueError("local_filter_triton: float64 is not supported by the Triton kernels; "
-                         "use backend='torch' for float64 (e.g. gradcheck)")
     if padding_mode == "zeros":
         return _TritonLocalFilter.apply(x, filters, K, dilation, False, per_channel)
     xp = pad_frame(x, dilation * (K // 2), padding_mode)  # (B, C, H + 2p, W + 2p)
