@@ -10,7 +10,8 @@ j + d·(k%K) − P) for window tap k, masked to the x grid. Zero padding: x is t
 (H, W) and P = d·(K//2), so out-of-frame taps read zeros. Replicate/reflect: x is the F.pad-ed
 frame (H + 2P', W + 2P') and P = 0, so every tap is inside it.
 
-Each program handles BLOCK flattened output pixels of BLOCK_C channels of one sample; it loops over
+Grid axis 0 (up to 2³¹−1 programs) walks the pixel tiles, axis 1 (up to 65535) the samples and
+channel tiles. Each program handles BLOCK flattened output pixels of BLOCK_C channels of one sample; it loops over
 the K*K taps with masked loads and accumulates in float32 whatever the input dtype. Offsets into
 x, filters and outputs are int64 (a 64×3×256×256 batch with 9×9 filters has ~1.3e9 filter values).
 """
@@ -23,9 +24,9 @@ import triton.language as tl
 def local_filter_fwd(x_ptr, f_ptr, out_ptr, C, H, W, Hx, Wx, P,
                      K: tl.constexpr, DIL: tl.constexpr, PER_CHANNEL: tl.constexpr,
                      BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
-    """out[b, c, p] = Σ_k f[b, (c,) k, p] · x[b, c, p + off_k]; grid (B·⌈C/BLOCK_C⌉, ⌈H·W/BLOCK⌉)."""
-    pid_bc = tl.program_id(0)
-    pid_p = tl.program_id(1)
+    """out[b, c, p] = Σ_k f[b, (c,) k, p] · x[b, c, p + off_k]; grid (⌈H·W/BLOCK⌉, B·⌈C/BLOCK_C⌉)."""
+    pid_p = tl.program_id(0)
+    pid_bc = tl.program_id(1)
     n_cb = tl.cdiv(C, BLOCK_C)
     b = (pid_bc // n_cb).to(tl.int64)
     c = (pid_bc % n_cb) * BLOCK_C + tl.arange(0, BLOCK_C)  # (BLOCK_C,)
@@ -58,9 +59,9 @@ def local_filter_bwd_x(g_ptr, f_ptr, gx_ptr, C, H, W, Hx, Wx, P,
                        K: tl.constexpr, DIL: tl.constexpr, PER_CHANNEL: tl.constexpr,
                        BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
     """grad_x[b, c, q] = Σ_k g[b, c, q − off_k] · f[b, (c,) k, q − off_k] — a gather over the x grid
-    (the transposed filter), so no atomics; grid (B·⌈C/BLOCK_C⌉, ⌈Hx·Wx/BLOCK⌉)."""
-    pid_bc = tl.program_id(0)
-    pid_q = tl.program_id(1)
+    (the transposed filter), so no atomics; grid (⌈Hx·Wx/BLOCK⌉, B·⌈C/BLOCK_C⌉)."""
+    pid_q = tl.program_id(0)
+    pid_bc = tl.program_id(1)
     n_cb = tl.cdiv(C, BLOCK_C)
     b = (pid_bc // n_cb).to(tl.int64)
     c = (pid_bc % n_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -94,9 +95,9 @@ def local_filter_bwd_f(g_ptr, x_ptr, gf_ptr, C, H, W, Hx, Wx, P,
                        K: tl.constexpr, DIL: tl.constexpr, PER_CHANNEL: tl.constexpr,
                        BLOCK_C: tl.constexpr, BLOCK: tl.constexpr):
     """grad_f[b, (c,) k, p] = Σ_c g[b, c, p] · x[b, c, p + off_k] (no sum for per-channel filters).
-    Grid: per-channel (B·⌈C/BLOCK_C⌉, ⌈H·W/BLOCK⌉); shared (B, ⌈H·W/BLOCK⌉), channels looped."""
-    pid0 = tl.program_id(0)
-    pid_p = tl.program_id(1)
+    Grid: per-channel (⌈H·W/BLOCK⌉, B·⌈C/BLOCK_C⌉); shared (⌈H·W/BLOCK⌉, B), channels looped."""
+    pid_p = tl.program_id(0)
+    pid0 = tl.program_id(1)
     HW = H * W
     p = pid_p * BLOCK + tl.arange(0, BLOCK)
     pm = p < HW

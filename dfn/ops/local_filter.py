@@ -163,8 +163,9 @@ class _LocalFilterFunction(torch.autograd.Function):
 
 
 def _triton_usable(x: Tensor) -> str | None:
-    """None when the Triton backend can serve x, else the reason it cannot."""
-    from dfn.ops import local_filter_triton  # lazy: triton is optional
+    """None when the Triton backend can serve x, else the reason it cannot (triton missing,
+    dtype, device). Importing the wrapper module does not import triton itself."""
+    from dfn.ops import local_filter_triton
 
     return local_filter_triton.unavailable_reason(x)
 
@@ -201,7 +202,7 @@ def local_filter(x: Tensor, filters: Tensor, dilation: int = 1, *,
     if backend not in BACKENDS:
         raise ValueError(f"local_filter: backend must be one of {', '.join(map(repr, BACKENDS))}; "
                          f"got {backend!r}")
-    if backend == "triton" or (backend == "auto" and x.is_cuda and _triton_installed()):
+    if backend == "triton" or (backend == "auto" and x.is_cuda):
         reason = _triton_usable(x)
         if reason is None:
             from dfn.ops.local_filter_triton import local_filter_triton
@@ -216,8 +217,3 @@ def local_filter(x: Tensor, filters: Tensor, dilation: int = 1, *,
     return _LocalFilterFunction.apply(pad_frame(x, dilation * (K // 2), padding_mode), f, K,
                                       dilation, True)
 
-
-def _triton_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("triton") is not None

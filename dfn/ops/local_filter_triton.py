@@ -19,6 +19,7 @@ for tests). The kernels are ``triton.jit``-ed on first use, once per interpreter
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 
@@ -29,6 +30,7 @@ from dfn.ops._checks import PaddingMode, check_local_filter
 from dfn.ops.local_filter import pad_frame
 
 NUM_WARPS = 4  # a 4-warp CTA per tile: enough loads in flight for these memory-bound loops
+MAX_GRID_ROWS = 65535  # CUDA's limit on grid axis 1, which walks (sample, channel tile)
 _KERNELS: dict[bool, tuple] = {}
 
 
@@ -43,6 +45,9 @@ def unavailable_reason(x: Tensor) -> str | None:
     if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return (f"the Triton kernels take float32, bfloat16 or float16, not {x.dtype} "
                 f"(use backend='torch', e.g. for float64 gradcheck)")
+    if x.dim() == 4 and x.shape[0] * x.shape[1] > MAX_GRID_ROWS:
+        return (f"B·C = {x.shape[0] * x.shape[1]} exceeds the {MAX_GRID_ROWS} (sample, channel) "
+                f"rows a CUDA grid axis holds")
     if x.is_cuda or (x.device.type == "cpu" and _interpreting()):
         return None
     return (f"x is on {x.device}; Triton runs CUDA tensors, or CPU tensors under its interpreter "
@@ -62,15 +67,26 @@ def _kernels() -> tuple:
     return _KERNELS[interpret]
 
 
-def _tiles(C: int, per_channel: bool) -> tuple[int, int]:
+def _tiles(C: int, per_channel: bool, pixels: int) -> tuple[int, int]:
     """(BLOCK_C, BLOCK): shared filters tile up to 8 channels so each filter value loaded serves
-    them all; per-channel filters gain nothing from channel tiles. ~1024 elements per program."""
-    block_c = 1 if per_channel else min(8, 1 << max(C - 1, 0).bit_length())
-    return block_c, max(128, 1024 // block_c)
+    them all; per-channel filters gain nothing from channel tiles. ~1024 elements per program, fewer
+    for frames smaller than that (tiny frames, and the interpreter, whose cost grows with BLOCK)."""
+    block_c = 1 if per_channel else min(8, _pow2(C))
+    return block_c, max(16, min(max(128, 1024 // block_c), _pow2(pixels)))
+
+
+def _pow2(n: int) -> int:
+    """The smallest power of two ≥ n (≥ 1)."""
+    return 1 << max(n - 1, 0).bit_length()
 
 
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def _on_device(t: Tensor) -> contextlib.AbstractContextManager:
+    """Triton launches on the current CUDA device: make it t's (tensors on cuda:1 and the like)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 class _TritonLocalFilter(torch.autograd.Function):
@@ -84,12 +100,13 @@ class _TritonLocalFilter(torch.autograd.Function):
         B, C, Hx, Wx = x.shape
         H, W = filters.shape[-2:]
         P = 0 if padded else dilation * (K // 2)
-        block_c, block = _tiles(C, per_channel)
+        block_c, block = _tiles(C, per_channel, Hx * Wx)
         out = torch.empty(B, C, H, W, dtype=x.dtype, device=x.device)
         fwd, _, _ = _kernels()
-        fwd[(B * _cdiv(C, block_c), _cdiv(H * W, block))](
-            x, filters, out, C, H, W, Hx, Wx, P, K=K, DIL=dilation, PER_CHANNEL=per_channel,
-            BLOCK_C=block_c, BLOCK=block, num_warps=NUM_WARPS)
+        with _on_device(x):
+            fwd[(_cdiv(H * W, block), B * _cdiv(C, block_c))](
+                x, filters, out, C, H, W, Hx, Wx, P, K=K, DIL=dilation, PER_CHANNEL=per_channel,
+                BLOCK_C=block_c, BLOCK=block, num_warps=NUM_WARPS)
         ctx.save_for_backward(x, filters)
         ctx.cfg = (K, dilation, P, per_channel)
         return out
@@ -102,19 +119,20 @@ class _TritonLocalFilter(torch.autograd.Function):
         g = grad_out.contiguous()
         B, C, Hx, Wx = x.shape
         H, W = filters.shape[-2:]
-        block_c, block = _tiles(C, per_channel)
+        block_c, block = _tiles(C, per_channel, Hx * Wx)
         _, bwd_x, bwd_f = _kernels()
         meta = dict(K=K, DIL=dilation, PER_CHANNEL=per_channel, BLOCK_C=block_c, BLOCK=block,
                     num_warps=NUM_WARPS)
         gx = gf = None
-        if ctx.needs_input_grad[0]:
-            gx = torch.empty(x.shape, dtype=x.dtype, device=x.device)  # every element written
-            bwd_x[(B * _cdiv(C, block_c), _cdiv(Hx * Wx, block))](
-                g, filters, gx, C, H, W, Hx, Wx, P, **meta)
-        if ctx.needs_input_grad[1]:
-            gf = torch.empty(filters.shape, dtype=filters.dtype, device=x.device)
-            rows = B * _cdiv(C, block_c) if per_channel else B
-            bwd_f[(rows, _cdiv(H * W, block))](g, x, gf, C, H, W, Hx, Wx, P, **meta)
+        with _on_device(x):
+            if ctx.needs_input_grad[0]:
+                gx = torch.empty(x.shape, dtype=x.dtype, device=x.device)  # every element written
+                bwd_x[(_cdiv(Hx * Wx, block), B * _cdiv(C, block_c))](
+                    g, filters, gx, C, H, W, Hx, Wx, P, **meta)
+            if ctx.needs_input_grad[1]:
+                gf = torch.empty(filters.shape, dtype=filters.dtype, device=x.device)
+                rows = B * _cdiv(C, block_c) if per_channel else B
+                bwd_f[(_cdiv(H * W, block), rows)](g, x, gf, C, H, W, Hx, Wx, P, **meta)
         return gx, gf, None, None, None, None
 
 
