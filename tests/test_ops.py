@@ -404,8 +404,10 @@ def test_bench_baselines_compute_local_filtering(K, dilation, per_channel):
 
 
 def test_bench_ops_quick_prints_json():
+    # One thread, one repeat: a smoke test of the output, not a measurement (fast on a busy machine).
     proc = subprocess.run([sys.executable, "-m", "dfn.bench", "ops", "--quick", "--json",
-                           "--device", "cpu"], capture_output=True, text=True, timeout=120)
+                           "--device", "cpu", "--threads", "1", "--repeats", "1"],
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
     assert {r["operator"] for r in rows} == {"local_filter", "dynamic_conv"}
