@@ -214,6 +214,39 @@ def test_normalised_filter_keeps_constant_frame_constant(mode, per_channel):
             torch.testing.assert_close(out, x)
 
 
+@pytest.mark.parametrize("mode,pads", [
+    ("replicate", (1, 1, 1, 1)), ("replicate", (2, 0, 1, 3)), ("replicate", (7, 0, 0, 6)),  # > frame
+    ("reflect", (1, 1, 1, 1)), ("reflect", (2, 0, 1, 3)), ("reflect", (0, 5, 4, 4)),  # 4 < H=5
+])
+def test_pad_frame_matches_f_pad_values_and_gradient(mode, pads):
+    # Our padding's hand-written backward (a fold, deterministic on CUDA) against F.pad's autograd.
+    from dfn.ops.border import pad_frame
+
+    torch.manual_seed(10)
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    ours, ref = pad_frame(x, pads, mode), F.pad(x, pads, mode=mode)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=0)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(ours, x, g)[0], torch.autograd.grad(ref, x, g)[0])
+
+
+@CUDA
+@pytest.mark.parametrize("mode", ["replicate", "reflect"])
+def test_border_modes_backward_is_deterministic_on_cuda(mode):
+    # F.pad's replicate/reflect backward raises under deterministic algorithms on CUDA; ours folds.
+    x = torch.rand(2, 3, 16, 16, device="cuda", requires_grad=True)
+    f = torch.rand(2, 25, 16, 16, device="cuda", requires_grad=True)
+    w = torch.rand(2, 4, 3, 3, 3, device="cuda", requires_grad=True)
+    torch.use_deterministic_algorithms(True)
+    try:
+        for backend in ("torch", "triton"):
+            local_filter(x, f, padding_mode=mode, backend=backend).sum().backward()
+        dynamic_conv(x, w, padding_mode=mode).sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert x.grad is not None and f.grad is not None and w.grad is not None
+
+
 @pytest.mark.parametrize("mode", ["circular", "constant", "", None, 0])
 def test_bad_padding_mode(mode):
     for fn in (local_filter, local_filter_reference):

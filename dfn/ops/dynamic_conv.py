@@ -16,6 +16,7 @@ from einops import einsum, rearrange
 from torch import Tensor
 
 from dfn.ops._checks import PaddingMode, check_dynamic_conv
+from dfn.ops.border import pad_frame
 
 Padding = str | int | tuple[int, int]
 IntPair = int | tuple[int, int]
@@ -28,7 +29,9 @@ def _explicit_pad(x: Tensor, pads: tuple[int, int, int, int], padding_mode: str
     left, right, top, bottom = pads
     if padding_mode == "zeros" and left == right and top == bottom:
         return x, (top, left)
-    return _pad(x, pads, padding_mode), 0
+    if padding_mode == "zeros":
+        return F.pad(x, pads), 0
+    return pad_frame(x, pads, padding_mode), 0  # deterministic backward, unlike F.pad's on CUDA
 
 
 def _pad(x: Tensor, pads: tuple[int, int, int, int], padding_mode: str) -> Tensor:

@@ -14,7 +14,7 @@ Two implementations:
   gradient): 81× the frame at 9×9.
 * ``local_filter`` — a custom autograd Function that loops over the K*K offsets and accumulates
   shifted slices of x in place (zeros: without a padded copy of x; replicate/reflect: on one
-  ``F.pad`` copy of x, whose backward folds the border gradient back). Forward and backward allocate only the output/gradients (plus a
+  padded copy of x, whose backward folds the border gradient back, ``dfn.ops.border``). Forward and backward allocate only the output/gradients (plus a
   float32 working copy for half inputs), i.e. O(size of x + size of filters), and every pass is over
   a frame-sized tensor that stays in cache, which is why it is also much faster on CPU.
 
@@ -25,22 +25,18 @@ stalls every op; with one intra-op thread (``torch.set_num_threads(1)``) it is i
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import Tensor
 
-from typing import Literal
-
 from dfn.ops._checks import PaddingMode, check_local_filter
+from dfn.ops.border import pad_frame
 
 Backend = Literal["auto", "torch", "triton"]
 BACKENDS: tuple[str, ...] = ("auto", "torch", "triton")
-
-
-def pad_frame(x: Tensor, pad: int, padding_mode: str) -> Tensor:
-    """(B, C, H, W) -> (B, C, H + 2·pad, W + 2·pad) with replicate/reflect padding (differentiable)."""
-    return F.pad(x, (pad, pad, pad, pad), mode=padding_mode)
 
 
 def local_filter_reference(x: Tensor, filters: Tensor, dilation: int = 1, *,
@@ -52,7 +48,8 @@ def local_filter_reference(x: Tensor, filters: Tensor, dilation: int = 1, *,
     if padding_mode == "zeros":
         patches = F.unfold(x, K, dilation=dilation, padding=p)  # (B, C*K*K, H*W)
     else:
-        patches = F.unfold(pad_frame(x, p, padding_mode), K, dilation=dilation)  # (B, C*K*K, H*W)
+        xp = F.pad(x, (p, p, p, p), mode=padding_mode)  # (B, C, H + 2p, W + 2p)
+        patches = F.unfold(xp, K, dilation=dilation)  # (B, C*K*K, H*W)
     patches = rearrange(patches, "b (c k) (h w) -> b c k h w", c=C, h=H)  # (B, C, K*K, H, W)
     if per_channel:
         return einsum(patches, filters, "b c k h w, b c k h w -> b c h w")

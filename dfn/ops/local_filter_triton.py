@@ -9,8 +9,8 @@ output pixels (``dfn.ops._triton_kernels``):
 * grad filters: g · shift_k(x), summed over the channels in-register for shared filters.
 
 Nothing K*K times the frame is ever materialised beyond the filters and their gradient themselves.
-Zero padding is done by masking; replicate/reflect pad x once with ``F.pad`` (differentiable: its
-backward folds the border gradient back) and run the kernels on the padded frame without masks.
+Zero padding is done by masking; replicate/reflect pad x once (``dfn.ops.border.pad_frame``,
+whose deterministic backward folds the border gradient back) and run the kernels on the padded frame without masks.
 Accumulation is float32 for every input dtype (float32, bfloat16, float16).
 
 Triton needs CUDA tensors, or CPU tensors with ``TRITON_INTERPRET=1`` set (its interpreter; slow,
@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from dfn.ops._checks import PaddingMode, check_local_filter
-from dfn.ops.local_filter import pad_frame
+from dfn.ops.border import pad_frame
 
 NUM_WARPS = 4  # a 4-warp CTA per tile: enough loads in flight for these memory-bound loops
 MAX_GRID_ROWS = 65535  # CUDA's limit on grid axis 1, which walks (sample, channel tile)
