@@ -11,7 +11,8 @@ never build filters themselves, so any generator (dfn.generators) can be combine
 Filter channel k is the window offset (dy, dx) = (k // K - K//2, k % K - K//2), row-major
 (REFERENCE §1). With ``softmax=True`` the K*K values are normalised so each output pixel is a
 convex combination of its neighbourhood. With ``dynamic_bias=True`` the last channel is a
-generated bias added to the frame *before* filtering.
+generated bias added to the frame *before* filtering. ``padding_mode`` says what the window reads
+outside the frame: "zeros" (the paper's, default), "replicate" or "reflect" (issue 9).
 """
 
 from __future__ import annotations
@@ -20,25 +21,29 @@ import torch
 from torch import Tensor, nn
 
 from dfn.ops import dynamic_conv, local_filter
+from dfn.ops._checks import PaddingMode, check_padding_mode
 
 
-def _check_hparams(name: str, kernel_size: int, dilation: int) -> None:
+def _check_hparams(name: str, kernel_size: int, dilation: int, padding_mode: str) -> None:
     if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 \
             or kernel_size % 2 == 0:
         raise ValueError(f"{name}: kernel_size must be an odd integer >= 1; got {kernel_size!r}")
     if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
         raise ValueError(f"{name}: dilation must be an integer >= 1; got {dilation!r}")
+    check_padding_mode(name, padding_mode)
 
 
 class _DynamicFilterLayer(nn.Module):
     """What both dynamic filtering layers share: K, dilation, softmax and dynamic-bias settings."""
 
     def __init__(self, kernel_size: int = 9, dilation: int = 1, softmax: bool = True,
-                 dynamic_bias: bool = False) -> None:
+                 dynamic_bias: bool = False, *, padding_mode: PaddingMode = "zeros") -> None:
+        # padding_mode "zeros": the paper's (Moving MNIST's background is black).
         super().__init__()
-        _check_hparams(type(self).__name__, kernel_size, dilation)
+        _check_hparams(type(self).__name__, kernel_size, dilation, padding_mode)
         self.kernel_size, self.dilation = kernel_size, dilation
         self.softmax, self.dynamic_bias = softmax, dynamic_bias
+        self.padding_mode = padding_mode
 
     @property
     def filter_channels(self) -> int:
@@ -47,7 +52,8 @@ class _DynamicFilterLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"kernel_size={self.kernel_size}, dilation={self.dilation}, "
-                f"softmax={self.softmax}, dynamic_bias={self.dynamic_bias}")
+                f"softmax={self.softmax}, dynamic_bias={self.dynamic_bias}, "
+                f"padding_mode={self.padding_mode!r}")
 
 
 class DynamicLocalFiltering(_DynamicFilterLayer):
@@ -76,7 +82,7 @@ class DynamicLocalFiltering(_DynamicFilterLayer):
             # (B, 1, H, W) shared, broadcast over C; per-channel (B, C, H, W).
             bias = filters.select(axis, kk)
             frame = frame + (bias.unsqueeze(1) if axis == 1 else bias)
-        return local_filter(frame, weights, self.dilation)
+        return local_filter(frame, weights, self.dilation, padding_mode=self.padding_mode)
 
 
 class DynamicConvolution(_DynamicFilterLayer):
@@ -85,7 +91,8 @@ class DynamicConvolution(_DynamicFilterLayer):
     forward(frame, filters):
         frame: (B, C, H, W).
         filters: (B, K*K[+1]) raw generator output (softmax applied here when enabled).
-        returns: (B, C, H, W), 'same' zero padding, the filter applied depthwise to each channel.
+        returns: (B, C, H, W), 'same' padding (``padding_mode``), the filter applied depthwise to
+            each channel.
     """
 
     def forward(self, frame: Tensor, filters: Tensor) -> Tensor:
@@ -105,4 +112,5 @@ class DynamicConvolution(_DynamicFilterLayer):
             frame = frame + filters[:, K * K].view(B, 1, 1, 1)  # (B,) bias, before filtering
         # The same K×K filter for every channel: depthwise conv, groups=C, weight (B, C, 1, K, K).
         weight = weights.reshape(B, 1, 1, K, K).expand(B, C, 1, K, K)
-        return dynamic_conv(frame, weight, padding="same", dilation=self.dilation, groups=C)
+        return dynamic_conv(frame, weight, padding="same", dilation=self.dilation, groups=C,
+                            padding_mode=self.padding_mode)

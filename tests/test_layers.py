@@ -13,7 +13,8 @@ LAYERS = [DynamicLocalFiltering, DynamicConvolution]
 
 @pytest.mark.parametrize("cls", LAYERS)
 @pytest.mark.parametrize("kwargs", [dict(kernel_size=4), dict(kernel_size=0), dict(kernel_size=-3),
-                                    dict(kernel_size=3.0), dict(dilation=0), dict(dilation=1.5)])
+                                    dict(kernel_size=3.0), dict(dilation=0), dict(dilation=1.5),
+                                    dict(padding_mode="circular"), dict(padding_mode=None)])
 def test_constructor_validation(cls, kwargs):
     with pytest.raises(ValueError):
         cls(**kwargs)
@@ -39,6 +40,22 @@ def test_softmax_keeps_constant_image_constant_in_interior(per_channel):
     r = d * (K // 2)  # pixels whose whole window lies inside the frame
     torch.testing.assert_close(out[..., r:H - r, r:W - r], torch.full_like(out[..., r:H - r, r:W - r], 0.7))
     assert out.min() >= 0 and out.max() <= 0.7 + 1e-6  # convex combinations (zeros outside)
+
+
+@pytest.mark.parametrize("cls", LAYERS)
+@pytest.mark.parametrize("mode", ["replicate", "reflect"])
+def test_border_padding_keeps_constant_image_constant_everywhere(cls, mode):
+    # Issue 9: with replicate/reflect every tap reads the frame, so a softmax-normalised filter
+    # maps a constant frame to itself up to and including the border (zeros only in the interior).
+    torch.manual_seed(4)
+    layer = cls(5, dilation=2, padding_mode=mode)
+    assert f"padding_mode='{mode}'" in repr(layer)
+    frame = torch.full((2, 3, 9, 10), 0.4)
+    shape = (2, 25, 9, 10) if cls is DynamicLocalFiltering else (2, 25)
+    torch.testing.assert_close(layer(frame, 5 * torch.randn(shape)), frame)
+    zeros = cls(5, dilation=2)
+    assert zeros.padding_mode == "zeros" and "padding_mode='zeros'" in repr(zeros)
+    assert (zeros(frame, 5 * torch.randn(shape))[..., 0, :] < 0.4 - 1e-4).all()
 
 
 def test_softmax_output_in_unit_interval():

@@ -121,6 +121,155 @@ def test_local_filter_cuda(per_channel):
     assert x.grad.device.type == "cuda" and f.grad.shape == f.shape
 
 
+# ---------------------------------------------------------------- padding modes (issue 9)
+
+MODES = ["zeros", "replicate", "reflect"]
+
+
+def _source_index(i: int, n: int, mode: str) -> int | None:
+    """Which pixel of an axis of length n position i reads (None: a zero), by the textbook rules."""
+    if 0 <= i < n:
+        return i
+    if mode == "zeros":
+        return None
+    if mode == "replicate":
+        return min(max(i, 0), n - 1)
+    return -i if i < 0 else 2 * (n - 1) - i  # reflect about the edge pixel, edge not repeated
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("fn", [local_filter, local_filter_reference])
+@pytest.mark.parametrize("dy,dx,d", [(-2, 1, 1), (2, -2, 1), (1, 1, 2), (-1, 2, 2), (0, -1, 3)])
+def test_one_hot_filter_shift_by_padding_mode(fn, mode, dy, dx, d):
+    # Hand-computed truth: out[i, j] = x[src(i + d·dy), src(j + d·dx)] with the mode's index rule.
+    K, H, W = 5, 7, 8
+    x = torch.arange(2 * H * W, dtype=torch.float64).reshape(1, 2, H, W) + 1
+    f = torch.zeros(1, K * K, H, W, dtype=torch.float64)
+    f[:, (dy + K // 2) * K + (dx + K // 2)] = 1.0
+    out = fn(x, f, d, padding_mode=mode)
+    expected = torch.zeros_like(x)
+    for i in range(H):
+        for j in range(W):
+            si, sj = _source_index(i + d * dy, H, mode), _source_index(j + d * dx, W, mode)
+            if si is not None and sj is not None:
+                expected[0, :, i, j] = x[0, :, si, sj]
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("mode", ["replicate", "reflect"])
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("K,dilation,C,H,W", [
+    (1, 1, 2, 5, 7), (3, 1, 1, 6, 9), (3, 2, 3, 7, 5), (5, 1, 2, 8, 6), (5, 3, 1, 9, 11),
+    (9, 1, 1, 12, 10), (3, 5, 2, 6, 7),  # pad 5: reflect still fits (5 < 6)
+])
+def test_local_filter_padding_modes_match_reference(K, dilation, C, H, W, per_channel, mode):
+    torch.manual_seed(K * 100 + dilation * 10 + C)
+    x = torch.randn(2, C, H, W, dtype=torch.float64)
+    f = _filters(2, C, K, H, W, per_channel, dtype=torch.float64)
+    out = local_filter(x, f, dilation, padding_mode=mode)
+    torch.testing.assert_close(out, local_filter_reference(x, f, dilation, padding_mode=mode))
+    assert not torch.allclose(out, local_filter(x, f, dilation)) or K == 1  # the mode matters
+
+
+@pytest.mark.parametrize("mode", ["replicate", "reflect"])  # zeros: test_local_filter_gradcheck
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("K,dilation,C", [(3, 1, 2), (3, 2, 1), (5, 1, 2)])
+def test_local_filter_gradcheck_padding_modes(K, dilation, C, per_channel, mode):
+    torch.manual_seed(0)
+    x = torch.randn(1, C, 4, 5, dtype=torch.float64, requires_grad=True)
+    f = _filters(1, C, K, 4, 5, per_channel, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: local_filter(a, b, dilation, padding_mode=mode),
+                                    (x, f), fast_mode=True)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_local_filter_padding_mode_gradients_match_reference(mode, per_channel):
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64, requires_grad=True)
+    f = _filters(2, 3, 5, 9, 8, per_channel, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 3, 9, 8, dtype=torch.float64)
+    fast = torch.autograd.grad(local_filter(x, f, 2, padding_mode=mode), (x, f), g)
+    ref = torch.autograd.grad(local_filter_reference(x, f, 2, padding_mode=mode), (x, f), g)
+    for a, b in zip(fast, ref):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_normalised_filter_keeps_constant_frame_constant(mode, per_channel):
+    # Invariant: a convex combination of equal values is that value. With replicate/reflect every
+    # window tap reads the frame, so this holds at every pixel; with zeros only in the interior.
+    torch.manual_seed(6)
+    K, d, H, W = 5, 2, 9, 11
+    x = torch.full((2, 3, H, W), 0.6, dtype=torch.float64)
+    f = torch.softmax(3 * _filters(2, 3, K, H, W, per_channel, dtype=torch.float64), dim=-3)
+    for fn in (local_filter, local_filter_reference):
+        out = fn(x, f, d, padding_mode=mode)
+        r = d * (K // 2)
+        torch.testing.assert_close(out[..., r:H - r, r:W - r], x[..., r:H - r, r:W - r])
+        if mode == "zeros":
+            assert (out[..., 0, :] < 0.6 - 1e-3).all()  # the border loses mass to the zeros
+        else:
+            torch.testing.assert_close(out, x)
+
+
+@pytest.mark.parametrize("mode,pads", [
+    ("replicate", (1, 1, 1, 1)), ("replicate", (2, 0, 1, 3)), ("replicate", (7, 0, 0, 6)),  # > frame
+    ("reflect", (1, 1, 1, 1)), ("reflect", (2, 0, 1, 3)), ("reflect", (0, 5, 4, 4)),  # 4 < H=5
+])
+def test_pad_frame_matches_f_pad_values_and_gradient(mode, pads):
+    # Our padding's hand-written backward (a fold, deterministic on CUDA) against F.pad's autograd.
+    from dfn.ops.border import pad_frame
+
+    torch.manual_seed(10)
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    ours, ref = pad_frame(x, pads, mode), F.pad(x, pads, mode=mode)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=0)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(ours, x, g)[0], torch.autograd.grad(ref, x, g)[0])
+
+
+@CUDA
+@pytest.mark.parametrize("mode", ["replicate", "reflect"])
+def test_border_modes_backward_is_deterministic_on_cuda(mode):
+    # F.pad's replicate/reflect backward raises under deterministic algorithms on CUDA; ours folds.
+    x = torch.rand(2, 3, 16, 16, device="cuda", requires_grad=True)
+    f = torch.rand(2, 25, 16, 16, device="cuda", requires_grad=True)
+    w = torch.rand(2, 4, 3, 3, 3, device="cuda", requires_grad=True)
+    torch.use_deterministic_algorithms(True)
+    try:
+        for backend in ("torch", "triton"):
+            local_filter(x, f, padding_mode=mode, backend=backend).sum().backward()
+        dynamic_conv(x, w, padding_mode=mode).sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert x.grad is not None and f.grad is not None and w.grad is not None
+
+
+@pytest.mark.parametrize("mode", ["circular", "constant", "", None, 0])
+def test_bad_padding_mode(mode):
+    for fn in (local_filter, local_filter_reference):
+        with pytest.raises(ValueError, match="padding_mode must be one of 'zeros', 'replicate'"):
+            fn(X, torch.randn(2, 9, 8, 8), padding_mode=mode)
+    with pytest.raises(ValueError, match="padding_mode must be one of"):
+        dynamic_conv(X, torch.randn(2, 4, 3, 3, 3), padding_mode=mode)
+
+
+def test_reflect_wider_than_frame_raises():
+    x = torch.randn(1, 1, 4, 9)
+    with pytest.raises(ValueError, match=r"pad < size.*\(1, 1, 4, 9\)"):
+        local_filter(x, torch.randn(1, 9, 4, 9), 4, padding_mode="reflect")  # reaches 4 rows out
+    local_filter(x, torch.randn(1, 9, 4, 9), 4, padding_mode="replicate")  # replicate has no limit
+    with pytest.raises(ValueError, match="pad < size"):
+        dynamic_conv(x, torch.randn(1, 1, 1, 9, 9), padding_mode="reflect")
+
+
+def test_local_filter_bad_backend():
+    with pytest.raises(ValueError, match="backend must be one of 'auto', 'torch', 'triton'"):
+        local_filter(X, torch.randn(2, 9, 8, 8), backend="cuda")
+
+
 # ---------------------------------------------------------------- dynamic_conv
 
 CONV_CASES = [
@@ -169,6 +318,41 @@ def test_dynamic_conv_gradcheck(kwargs):
     b = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, w, b: dynamic_conv(x, w, b, **kwargs), (x, w, b),
                                     fast_mode=True)
+
+
+@pytest.mark.parametrize("mode", ["replicate", "reflect"])
+@pytest.mark.parametrize("kwargs", [dict(), dict(groups=2, dilation=2), dict(stride=2, padding=1),
+                                    dict(padding=(1, 2))])
+def test_dynamic_conv_padding_modes_match_conv2d_module(kwargs, mode):
+    # Independent truth: nn.Conv2d's own padding_mode, one module per sample.
+    torch.manual_seed(7)
+    B, C, O = 2, 4, 6
+    groups = kwargs.get("groups", 1)
+    x = torch.randn(B, C, 7, 9, dtype=torch.float64)
+    w = torch.randn(B, O, C // groups, 3, 3, dtype=torch.float64)
+    b = torch.randn(B, O, dtype=torch.float64)
+    expected = []
+    for i in range(B):
+        conv = torch.nn.Conv2d(C, O, 3, bias=True, padding_mode=mode, dtype=torch.float64,
+                               **{"padding": "same", **kwargs})
+        with torch.no_grad():
+            conv.weight.copy_(w[i])
+            conv.bias.copy_(b[i])
+            expected.append(conv(x[i:i + 1]))
+    expected = torch.cat(expected)
+    for fn in (dynamic_conv, dynamic_conv_reference, dynamic_conv_loop):
+        torch.testing.assert_close(fn(x, w, b, padding_mode=mode, **kwargs), expected)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_dynamic_conv_gradcheck_padding_modes(mode):
+    torch.manual_seed(8)
+    x = torch.randn(2, 4, 5, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 4, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: dynamic_conv(x, w, b, groups=2, dilation=2, padding_mode=mode), (x, w, b),
+        fast_mode=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -238,8 +422,24 @@ def test_dynamic_conv_bad_input(fn, x, w, b, kwargs, shape):
 
 # ---------------------------------------------------------------- benchmark smoke test
 
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("K,dilation", [(3, 1), (5, 2), (3, 3)])
+def test_bench_baselines_compute_local_filtering(K, dilation, per_channel):
+    # The peers' implementations we time against must compute the same thing, or the ratios lie.
+    from dfn.bench.ops import im2col_local_filter, unfold_local_filter
+
+    torch.manual_seed(9)
+    x = torch.randn(2, 3, 7, 9, dtype=torch.float64)
+    f = _filters(2, 3, K, 7, 9, per_channel, dtype=torch.float64)
+    ref = local_filter_reference(x, f, dilation)
+    torch.testing.assert_close(unfold_local_filter(x, f, dilation), ref)
+    torch.testing.assert_close(im2col_local_filter(x, f, dilation), ref)
+
+
 def test_bench_ops_quick_prints_json():
-    proc = subprocess.run([sys.executable, "-m", "dfn.bench", "ops", "--quick", "--json"],
+    # One thread, one repeat: a smoke test of the output, not a measurement (fast on a busy machine).
+    proc = subprocess.run([sys.executable, "-m", "dfn.bench", "ops", "--quick", "--json",
+                           "--device", "cpu", "--threads", "1", "--repeats", "1"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
@@ -249,3 +449,11 @@ def test_bench_ops_quick_prints_json():
                     "baseline_fwd_ms", "fast_peak_mib", "speedup_fwd", "speedup_fwdbwd",
                     "memory_ratio", "bound_fwdbwd_ms", "fast_vs_bound_fwdbwd"):
             assert key in r
+        if r["operator"] == "local_filter":
+            assert r["implementations"] == ["unfold", "im2col", "fast"]  # no triton column on CPU
+            assert r["baseline"] == "unfold"
+            assert r["speedup_fwd"] == pytest.approx(r["unfold_fwd_ms"] / r["fast_fwd_ms"])
+            assert r["im2col/fast_fwdbwd"] == pytest.approx(r["im2col_fwdbwd_ms"]
+                                                            / r["fast_fwdbwd_ms"])
+        else:
+            assert r["baseline"] == "loop"

@@ -7,9 +7,16 @@ wrongly shaped generator output reads what went wrong instead of a stack trace f
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
+
+# How the window reads pixels outside the frame (issue 9). "zeros" is the paper's choice (and right
+# for Moving MNIST's black background); "replicate" repeats the edge pixel, "reflect" mirrors the
+# frame about its edge pixel (no repeat), both keep a constant frame constant up to the border.
+PaddingMode = Literal["zeros", "replicate", "reflect"]
+PADDING_MODES: tuple[str, ...] = get_args(PaddingMode)
 
 
 def shape_str(t: Tensor) -> str:
@@ -56,7 +63,26 @@ def check_same_dtype_device(name: str, x: Tensor, other: Tensor, what: str) -> N
                          f"{x.device} (shape {shape_str(x)})")
 
 
-def check_local_filter(x: object, filters: object, dilation: object) -> tuple[int, bool]:
+def check_padding_mode(name: str, padding_mode: object) -> str:
+    """``padding_mode`` must be one of :data:`PADDING_MODES`."""
+    if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
+        raise ValueError(f"{name}: padding_mode must be one of {', '.join(map(repr, PADDING_MODES))}; "
+                         f"got {padding_mode!r}")
+    return padding_mode
+
+
+def check_reflect_fits(name: str, padding_mode: str, pad_h: int, pad_w: int, x: Tensor) -> None:
+    """Reflect padding mirrors about the edge pixel, so it needs pad < size along each axis."""
+    H, W = x.shape[-2:]
+    if padding_mode == "reflect" and (pad_h >= H or pad_w >= W):
+        raise ValueError(f"{name}: padding_mode='reflect' needs the padding to be smaller than the "
+                         f"frame (pad < size); the window reaches {pad_h} rows and {pad_w} columns "
+                         f"beyond the edge but x of shape {shape_str(x)} is {H}x{W}. Use "
+                         f"'replicate', or a smaller kernel or dilation")
+
+
+def check_local_filter(x: object, filters: object, dilation: object,
+                       padding_mode: object = "zeros") -> tuple[int, bool]:
     """Validate ``local_filter`` arguments; returns ``(K, per_channel)``.
 
     x: (B, C, H, W); filters: (B, K*K, H, W) shared by the channels or (B, C, K*K, H, W) per channel.
@@ -88,6 +114,9 @@ def check_local_filter(x: object, filters: object, dilation: object) -> tuple[in
         raise ValueError(f"{name}: filters must be floating point; got {filters.dtype} "
                          f"with shape {got}")
     check_same_dtype_device(name, x, filters, "filters")
+    check_padding_mode(name, padding_mode)
+    p = dilation * (k // 2)
+    check_reflect_fits(name, padding_mode, p, p, x)
     return k, per_channel
 
 
@@ -101,7 +130,7 @@ def pair(name: str, what: str, v: object, minimum: int) -> tuple[int, int]:
 
 
 def check_dynamic_conv(x: object, weight: object, bias: object, stride: object, padding: object,
-                       dilation: object, groups: object
+                       dilation: object, groups: object, padding_mode: object = "zeros"
                        ) -> tuple[tuple[int, int], tuple[int, int, int, int], tuple[int, int]]:
     """Validate ``dynamic_conv`` arguments.
 
@@ -144,6 +173,8 @@ def check_dynamic_conv(x: object, weight: object, bias: object, stride: object, 
     else:
         ph, pw = pair(name, "padding ('same', 'valid', int or (int, int))", padding, 0)
         pads = (pw, pw, ph, ph)
+    check_padding_mode(name, padding_mode)
+    check_reflect_fits(name, padding_mode, max(pads[2:]), max(pads[:2]), x)
     Ho = (H + pads[2] + pads[3] - d[0] * (kh - 1) - 1) // s[0] + 1
     Wo = (W + pads[0] + pads[1] - d[1] * (kw - 1) - 1) // s[1] + 1
     if Ho < 1 or Wo < 1:

@@ -1,0 +1,119 @@
+"""dfn.ops Triton backend (issue 12) against the einops reference: values and both gradients.
+
+On CPU the kernels run under Triton's interpreter. Triton decides interpreted vs compiled when a
+kernel is decorated, and ``local_filter_triton`` decorates its kernels on first use once per
+TRITON_INTERPRET value, so setting the variable per test (monkeypatch) is enough whatever other
+test modules imported before. The interpreter is slow: shapes are tiny. The CUDA tests (compiled
+kernels, larger shapes, bf16/fp16) run only where a GPU is present.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from dfn.ops import local_filter, local_filter_reference
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                                reason="triton is not installed (Linux-only dev dependency)")
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.fixture
+def interpret(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def _compare(B, C, H, W, K, dilation, per_channel, mode, device="cpu", dtype=torch.float32,
+             tol=None, seed=0):
+    """Triton forward, grad x and grad filters against the float32 reference."""
+    torch.manual_seed(seed)
+    x = torch.rand(B, C, H, W, device=device)
+    shape = (B, C, K * K, H, W) if per_channel else (B, K * K, H, W)
+    f = torch.softmax(2 * torch.randn(shape, device=device), dim=-3)
+    g = torch.randn(B, C, H, W, device=device)
+    xt, ft = x.to(dtype).requires_grad_(), f.to(dtype).requires_grad_()
+    out = local_filter(xt, ft, dilation, padding_mode=mode, backend="triton")
+    assert out.shape == x.shape and out.dtype == dtype
+    gx, gf = torch.autograd.grad(out, (xt, ft), g.to(dtype))
+    assert gx.dtype == dtype and gf.dtype == dtype and gf.shape == f.shape
+    xr, fr = x.clone().requires_grad_(), f.clone().requires_grad_()
+    ref = local_filter_reference(xr, fr, dilation, padding_mode=mode)
+    rx, rf = torch.autograd.grad(ref, (xr, fr), g)
+    kw = {} if tol is None else dict(atol=tol, rtol=tol)
+    torch.testing.assert_close(out.float(), ref, **kw)
+    torch.testing.assert_close(gx.float(), rx, **kw)
+    torch.testing.assert_close(gf.float(), rf, **kw)
+
+
+@pytest.mark.usefixtures("interpret")
+@pytest.mark.parametrize("mode", ["zeros", "replicate", "reflect"])
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("K,dilation,C,H,W", [(3, 1, 3, 5, 7), (5, 1, 1, 6, 5), (3, 2, 2, 7, 6)])
+def test_triton_interpreted_matches_reference(K, dilation, C, H, W, per_channel, mode):
+    _compare(2, C, H, W, K, dilation, per_channel, mode)
+
+
+@pytest.mark.usefixtures("interpret")
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_triton_interpreted_k1_and_many_channels(per_channel):
+    # K=1 (pure per-pixel scaling); C=10 > 8 splits shared filters' channels over two tiles.
+    _compare(1, 2, 4, 5, 1, 1, per_channel, "zeros")
+    _compare(1, 10, 4, 6, 3, 1, per_channel, "replicate")
+
+
+@pytest.mark.usefixtures("interpret")
+def test_triton_interpreted_bfloat16():
+    _compare(2, 3, 6, 7, 3, 1, False, "reflect", dtype=torch.bfloat16, tol=3e-2)
+
+
+@pytest.mark.usefixtures("interpret")
+def test_triton_interpreted_large_dilation_taps_outside():
+    _compare(1, 1, 4, 6, 3, 5, True, "zeros")  # dilation 5 > H: most taps miss the frame
+
+
+def test_triton_backend_on_cpu_without_interpreter_raises(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x, f = torch.rand(1, 1, 4, 4), torch.rand(1, 9, 4, 4)
+    with pytest.raises(ValueError, match="backend='triton' cannot run here.*TRITON_INTERPRET=1"):
+        local_filter(x, f, backend="triton")
+    # auto on CPU is the torch path, which needs no Triton
+    torch.testing.assert_close(local_filter(x, f), local_filter_reference(x, f))
+
+
+@pytest.mark.usefixtures("interpret")
+def test_triton_backend_rejects_float64():
+    x, f = torch.rand(1, 1, 4, 4, dtype=torch.float64), torch.rand(1, 9, 4, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="float64.*backend='torch'"):
+        local_filter(x, f, backend="triton")
+
+
+# ---------------------------------------------------------------- CUDA (compiled kernels)
+
+@CUDA
+@pytest.mark.parametrize("mode", ["zeros", "replicate", "reflect"])
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("K,dilation,C,H,W", [(9, 1, 1, 37, 45), (3, 3, 32, 20, 17),
+                                               (11, 1, 3, 64, 64), (5, 2, 10, 33, 31)])
+def test_triton_cuda_matches_reference(K, dilation, C, H, W, per_channel, mode):
+    _compare(2, C, H, W, K, dilation, per_channel, mode, device="cuda", tol=1e-4)
+
+
+@CUDA
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 3e-2), (torch.float16, 1e-2)])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_triton_cuda_half(dtype, tol, per_channel):
+    _compare(2, 3, 40, 48, 9, 1, per_channel, "replicate", device="cuda", dtype=dtype, tol=tol)
+
+
+@CUDA
+def test_auto_backend_on_cuda_matches_torch_backend():
+    torch.manual_seed(1)
+    x = torch.rand(4, 3, 64, 64, device="cuda")
+    f = torch.softmax(torch.randn(4, 81, 64, 64, device="cuda"), dim=1)
+    torch.testing.assert_close(local_filter(x, f), local_filter(x, f, backend="torch"))
+    # float64 is not a Triton dtype here: auto falls back to the torch path instead of failing.
+    xd, fd = x.double(), f.double()
+    torch.testing.assert_close(local_filter(xd, fd), local_filter_reference(xd, fd))
