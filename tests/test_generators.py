@@ -413,3 +413,42 @@ def test_anneal_fraction_finishes_inside_any_budget(budget, tmp_path):
                             enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu")
         trainer.fit(Tiny(), data)
     assert seen == [30.0, 15.5, 1.0, 1.0]
+
+
+# --- Border handling through the generators (issue 9) -------------------------------------------------
+
+NORMALISED = [  # generators whose filters are convex combinations (softmax / softmax-attention)
+    (DFN, dict(kernel_size=5, mode="local")), (DFN, dict(kernel_size=5, mode="conv")),
+    (DynamicConv, dict(kernel_size=5, mode="conv")), (DynamicConv, dict(kernel_size=5, mode="local")),
+    (DyNet, dict(kernel_size=5, mode="conv")), (HDFNet, dict(kernel_size=3, dilations=(1, 2))),
+    (DMNet, dict(scales=(1, 3, 5))),
+]
+
+
+@pytest.mark.parametrize("cls,kwargs", NORMALISED, ids=lambda v: getattr(v, "__name__", str(v)))
+@pytest.mark.parametrize("padding_mode", ["replicate", "reflect"])
+def test_constant_frame_stays_constant_with_border_padding(cls, kwargs, padding_mode):
+    """A normalised filter of a constant frame is that constant — at the border too, unless the border
+    reads zeros (which is what darkened natural-video predictions before issue 9)."""
+    torch.manual_seed(0)
+    generator = cls(padding_mode=padding_mode, **kwargs)
+    generator.build(8, 2)
+    features = torch.randn(2, 8, 12, 10) * 3  # random (not identity-like) filters
+    frame = torch.full((2, 2, 12, 10), 0.7)
+    with torch.no_grad():
+        out = generator.filtering(frame, generator(features))
+    torch.testing.assert_close(out, frame, atol=1e-5, rtol=0)
+    zeros = cls(padding_mode="zeros", **kwargs)
+    zeros.build(8, 2)
+    with torch.no_grad():
+        dark = zeros.filtering(frame, zeros(features))
+    assert dark[..., 0, :].max() < 0.7 - 1e-3 or dark[..., :, 0].max() < 0.7 - 1e-3  # zeros darken the border
+
+
+def test_padding_mode_is_validated_and_reaches_the_layer():
+    with pytest.raises(ValueError, match="padding_mode"):
+        DFN(padding_mode="circular")
+    generator = DFN(kernel_size=3, padding_mode="reflect")
+    generator.build(4, 1)
+    assert generator.filtering.padding_mode == "reflect"
+    assert generator.summary()["padding_mode"] == "reflect"

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from dfn.layers import DynamicConvolution, DynamicLocalFiltering
+from dfn.ops import PADDING_MODES, PaddingMode
 
 Mode = Literal["local", "conv"]
 
@@ -42,15 +43,19 @@ class FilterGenerator(nn.Module):
 
     mode: Mode
 
-    def __init__(self, kernel_size: int = 9, mode: Mode = "local") -> None:
+    def __init__(self, kernel_size: int = 9, mode: Mode = "local", padding_mode: PaddingMode = "zeros") -> None:
         super().__init__()
         name = type(self).__name__
         if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 \
                 or kernel_size % 2 == 0:
             raise ValueError(f"{name}: kernel_size must be a positive odd integer, got {kernel_size!r}")
         check_choice(name, "mode", mode, ("local", "conv"))
+        check_choice(name, "padding_mode", padding_mode, PADDING_MODES)
         self.kernel_size = kernel_size
         self.mode = mode
+        # What the filters read outside the frame (issue 9): zeros is the paper's (a black Moving MNIST
+        # background); natural video wants replicate or reflect, or every border darkens.
+        self.padding_mode = padding_mode
         self.filtering: nn.Module | None = None
         self.features: int | None = None
         self.channels: int | None = None
@@ -70,7 +75,7 @@ class FilterGenerator(nn.Module):
     def filter_layer(self, dilation: int, softmax: bool, dynamic_bias: bool) -> nn.Module:
         """The DFN filtering layer for ``self.mode``: dynamic local filtering (local) or convolution (conv)."""
         layer = DynamicLocalFiltering if self.mode == "local" else DynamicConvolution
-        return layer(self.kernel_size, dilation, softmax, dynamic_bias)
+        return layer(self.kernel_size, dilation, softmax, dynamic_bias, padding_mode=self.padding_mode)
 
     def forward(self, features: torch.Tensor) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -81,6 +86,7 @@ class FilterGenerator(nn.Module):
             "generator": type(self).__name__,
             "mode": self.mode,
             "kernel_size": self.kernel_size,
+            "padding_mode": self.padding_mode,
             "generator_parameters": sum(p.numel() for p in self.parameters() if p.requires_grad),
         }
 

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from dfn.generators.base import Mode, check_int, pooled
+from dfn.ops import PaddingMode
 from dfn.generators.initialisation import IDENTITY_WEIGHT_SCALE, he_uniform_
 from dfn.generators.mixture import KernelMixture
 
@@ -52,10 +53,11 @@ class CondConv(KernelMixture):
         softmax: bool = True,  # DFN paper: softmax over the K*K taps (here: of each expert, see module doc)
         dynamic_bias: bool = False,  # DFN paper: on for highway, off for Moving MNIST
         identity_init: bool = True,  # ours (issue 9): start at copy-last with Σα = 1 (see module doc)
+        padding_mode: PaddingMode = "zeros",  # paper (black background); replicate/reflect for natural video
     ) -> None:
         check_int("CondConv", "experts", experts)
         super().__init__(kernel_size, mode, experts, dilation, softmax, dynamic_bias, identity_init,
-                         normalise_experts=True)
+                         normalise_experts=True, padding_mode=padding_mode)
 
     @property
     def num_experts(self) -> int:

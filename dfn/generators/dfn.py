@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from dfn.generators.base import FilterGenerator, Mode, check_choice, check_int, pooled
+from dfn.ops import PaddingMode
 from dfn.generators.initialisation import he_uniform_, identity_head_
 
 
@@ -41,8 +42,9 @@ class DFN(FilterGenerator):
         softmax: bool = True,  # paper: softmax over the K*K filter values
         dynamic_bias: bool = False,  # paper: on for highway, off for Moving MNIST
         identity_init: bool = False,  # paper: He init; True is ours (start at copy-last, issue 9)
+        padding_mode: PaddingMode = "zeros",  # paper (black background); replicate/reflect for natural video
     ) -> None:
-        super().__init__(kernel_size, mode)
+        super().__init__(kernel_size, mode, padding_mode)
         check_int("DFN", "dilation", dilation)
         if identity_init and not softmax:
             raise ValueError("DFN: identity_init needs softmax=True (the centre logit only wins under softmax)")

@@ -30,6 +30,7 @@ from einops import rearrange, reduce
 from torch import nn
 
 from dfn.generators.base import FilterGenerator, Mode, pooled
+from dfn.ops import PaddingMode
 from dfn.generators.initialisation import he_uniform_
 from dfn.ops import dynamic_conv
 
@@ -41,9 +42,9 @@ class MultiScaleFiltering(nn.Module):
     Parameter-free: softmax over each kernel's k*k values (if ``softmax``) and over the S branches.
     """
 
-    def __init__(self, scales: tuple[int, ...], softmax: bool) -> None:
+    def __init__(self, scales: tuple[int, ...], softmax: bool, padding_mode: PaddingMode = "zeros") -> None:
         super().__init__()
-        self.scales, self.softmax = tuple(scales), softmax
+        self.scales, self.softmax, self.padding_mode = tuple(scales), softmax, padding_mode
 
     def forward(self, frame: torch.Tensor, filters: tuple[tuple[torch.Tensor, ...], torch.Tensor]) -> torch.Tensor:
         kernels, branch_logits = filters
@@ -59,7 +60,8 @@ class MultiScaleFiltering(nn.Module):
                 kernel = rearrange(torch.softmax(rearrange(kernel, "b c kh kw -> b c (kh kw)"), dim=-1),
                                    "b c (kh kw) -> b c kh kw", kh=k)  # (B, C, k, k), each sums to 1
             weight = rearrange(kernel, "b c kh kw -> b c 1 kh kw")  # (B, O=C, C/groups=1, k, k): depthwise
-            branches.append(dynamic_conv(frame, weight, None, padding="same", groups=frame.shape[1]))  # (B, C, H, W)
+            branches.append(dynamic_conv(frame, weight, None, padding="same", groups=frame.shape[1],
+                                         padding_mode=self.padding_mode))  # (B, C, H, W)
         stacked = torch.stack(branches, dim=1)  # (B, S, C, H, W)
         return reduce(stacked * rearrange(weights, "b s -> b s 1 1 1"), "b s c h w -> b c h w", "sum")
 
@@ -75,6 +77,7 @@ class DMNet(FilterGenerator):
         mode: Mode = "conv",  # DMNet: per-sample kernels; "local" is rejected (see HDFNet)
         scales: tuple[int, ...] = (1, 3, 5, 7),  # DMNet paper: filter sizes 1, 3, 5, 7
         softmax: bool = True,  # DFN paper: softmax over the filter values (keeps frames in [0, 1])
+        padding_mode: PaddingMode = "zeros",  # paper (black background); replicate/reflect for natural video
     ) -> None:
         if mode != "conv":
             raise ValueError(f"DMNet: mode must be 'conv' (its filters are per sample); got {mode!r}. "
@@ -84,11 +87,11 @@ class DMNet(FilterGenerator):
             raise ValueError(f"DMNet: scales must be a non-empty sequence of positive odd integers, got {scales!r}")
         if len(set(scales)) != len(scales):
             raise ValueError(f"DMNet: scales must be distinct, got {scales!r}")
-        super().__init__(kernel_size=max(scales), mode=mode)
+        super().__init__(kernel_size=max(scales), mode=mode, padding_mode=padding_mode)
         self.scales, self.softmax = scales, softmax
 
     def _build(self, features: int, channels: int) -> None:
-        self.filtering = MultiScaleFiltering(self.scales, self.softmax)
+        self.filtering = MultiScaleFiltering(self.scales, self.softmax, self.padding_mode)
         # With softmax a 1x1 kernel normalises to exactly 1 (that branch copies the frame), so its kernel
         # is not generated: its parameters could never receive a gradient.
         self.generated = [k for k in self.scales if not (self.softmax and k == 1)]

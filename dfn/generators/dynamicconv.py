@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from dfn.generators.base import Mode, check_int, pooled
+from dfn.ops import PaddingMode
 from dfn.generators.initialisation import he_uniform_
 from dfn.generators.mixture import KernelMixture
 
@@ -53,13 +54,14 @@ class DynamicConv(KernelMixture):
         softmax: bool = True,  # DFN paper: softmax over the K*K taps (here: of each kernel, see module doc)
         dynamic_bias: bool = False,  # DFN paper: on for highway, off for Moving MNIST
         identity_init: bool = True,  # ours (issue 9): every kernel starts at the centre filter (copy-last)
+        padding_mode: PaddingMode = "zeros",  # paper (black background); replicate/reflect for natural video
     ) -> None:
         check_int("DynamicConv", "kernels", kernels)
         check_int("DynamicConv", "reduction", reduction)
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
             raise ValueError(f"DynamicConv: temperature must be a number > 0, got {temperature!r}")
         super().__init__(kernel_size, mode, kernels, dilation, softmax, dynamic_bias, identity_init,
-                         normalise_experts=True)
+                         normalise_experts=True, padding_mode=padding_mode)
         self.reduction = reduction
         self.register_buffer("temperature", torch.tensor(float(temperature)))
         # Set by `dfn.generators.schedule.set_temperature` (the TemperatureAnnealing callback): without

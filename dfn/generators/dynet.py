@@ -36,6 +36,7 @@ from einops import rearrange
 from torch import nn
 
 from dfn.generators.base import Mode, check_choice, check_int, pooled
+from dfn.ops import PaddingMode
 from dfn.generators.initialisation import CENTRE_WEIGHT, IDENTITY_WEIGHT_SCALE, he_uniform_
 from dfn.generators.mixture import KernelMixture
 
@@ -85,6 +86,7 @@ class DyNet(KernelMixture):
         softmax: bool = True,  # DFN paper: softmax over the K*K taps of the fused filter
         dynamic_bias: bool = False,  # DFN paper: on for highway, off for Moving MNIST
         identity_init: bool = True,  # ours (issue 9): the fused filter starts at the centre filter
+        padding_mode: PaddingMode = "zeros",  # paper (black background); replicate/reflect for natural video
     ) -> None:
         check_choice("DyNet", "bank", bank, ("learned", "polynomial"))
         check_int("DyNet", "kernels", kernels)
@@ -99,7 +101,7 @@ class DyNet(KernelMixture):
         bases = polynomial_bases(kernel_size, degree, constant=not softmax) if bank == "polynomial" else None
         size = kernels if bases is None else bases.shape[0] + int(dynamic_bias)
         super().__init__(kernel_size, mode, size, dilation, softmax, dynamic_bias, identity_init,
-                         normalise_experts=False)
+                         normalise_experts=False, padding_mode=padding_mode)
         self.bank_kind, self.degree, self.reduction = bank, degree, reduction
         self._bases = bases
 

@@ -33,6 +33,7 @@ from einops import rearrange, reduce
 from torch import nn
 
 from dfn.generators.base import FilterGenerator, Mode
+from dfn.ops import PaddingMode
 from dfn.generators.initialisation import IDENTITY_WEIGHT_SCALE, centre_tap, he_uniform_, identity_logit
 from dfn.ops import local_filter
 
@@ -44,9 +45,11 @@ class MultiDilationFiltering(nn.Module):
     Parameter-free: softmax over each window (if ``softmax``) and over the D branches, both here.
     """
 
-    def __init__(self, kernel_size: int, dilations: tuple[int, ...], softmax: bool) -> None:
+    def __init__(self, kernel_size: int, dilations: tuple[int, ...], softmax: bool,
+                 padding_mode: PaddingMode = "zeros") -> None:
         super().__init__()
         self.kernel_size, self.dilations, self.softmax = kernel_size, tuple(dilations), softmax
+        self.padding_mode = padding_mode
 
     def forward(self, frame: torch.Tensor, filters: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         kernels, branch_logits = filters
@@ -57,7 +60,7 @@ class MultiDilationFiltering(nn.Module):
         if self.softmax:
             kernels = torch.softmax(kernels, dim=3)  # over the window: each branch is a convex combination
         weights = torch.softmax(branch_logits, dim=1)  # (B, D, H, W): convex weights over the branches
-        branches = torch.stack([local_filter(frame, kernels[:, i], dilation=d)  # (B, C, H, W) each
+        branches = torch.stack([local_filter(frame, kernels[:, i], dilation=d, padding_mode=self.padding_mode)  # (B, C, H, W) each
                                 for i, d in enumerate(self.dilations)], dim=1)  # (B, D, C, H, W)
         return reduce(branches * rearrange(weights, "b d h w -> b d 1 h w"), "b d c h w -> b c h w", "sum")
 
@@ -75,20 +78,21 @@ class HDFNet(FilterGenerator):
         dilations: tuple[int, ...] = (1, 3, 5),  # HDFNet paper: dilation rates 1, 3, 5
         softmax: bool = True,  # DFN paper: softmax over the filter values (keeps frames in [0, 1])
         identity_init: bool = True,  # ours (issue 9): start at copy-last (see module docstring)
+        padding_mode: PaddingMode = "zeros",  # paper (black background); replicate/reflect for natural video
     ) -> None:
         if identity_init and not softmax:
             raise ValueError("HDFNet: identity_init needs softmax=True (the centre logit only wins under softmax)")
         if mode != "local":
             raise ValueError(f"HDFNet: mode must be 'local' (its filters are per pixel); got {mode!r}. "
                              f"For per-sample multi-scale filters use DMNet.")
-        super().__init__(kernel_size, mode)
+        super().__init__(kernel_size, mode, padding_mode)
         dilations = tuple(dilations)
         if not dilations or any(not isinstance(d, int) or d < 1 for d in dilations):
             raise ValueError(f"HDFNet: dilations must be a non-empty sequence of integers >= 1, got {dilations!r}")
         self.dilations, self.softmax, self.identity_init = dilations, softmax, identity_init
 
     def _build(self, features: int, channels: int) -> None:
-        self.filtering = MultiDilationFiltering(self.kernel_size, self.dilations, self.softmax)
+        self.filtering = MultiDilationFiltering(self.kernel_size, self.dilations, self.softmax, self.padding_mode)
         D, kk = len(self.dilations), self.kernel_size**2
         # One 1x1 conv makes everything: D·C·K*K filter values and D branch logits per pixel (none for a
         # single branch: a softmax over one value is constant). HDFNet's kernel generator is conv3x3 +

@@ -22,6 +22,7 @@ from einops import einsum
 from torch import nn
 
 from dfn.generators.base import FilterGenerator, Mode, check_int
+from dfn.ops import PaddingMode
 from dfn.generators.initialisation import IDENTITY_WEIGHT_SCALE, centre_tap, identity_logit
 
 
@@ -91,8 +92,9 @@ class KernelMixture(FilterGenerator):
     bank: torch.Tensor
 
     def __init__(self, kernel_size: int, mode: Mode, size: int, dilation: int, softmax: bool,
-                 dynamic_bias: bool, identity_init: bool, normalise_experts: bool) -> None:
-        super().__init__(kernel_size, mode)
+                 dynamic_bias: bool, identity_init: bool, normalise_experts: bool,
+                 padding_mode: PaddingMode = "zeros") -> None:
+        super().__init__(kernel_size, mode, padding_mode)
         name = type(self).__name__
         check_int(name, "dilation", dilation)
         self.size, self.dilation, self.softmax, self.dynamic_bias = size, dilation, softmax, dynamic_bias
