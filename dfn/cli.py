@@ -27,6 +27,7 @@ from dfn.callbacks import FilterFlowGIFs, HorizonTables, PredictionFiles, Predic
 from dfn.history import MetricsCSV
 from dfn.module import VideoPrediction
 from dfn.report import write_report
+from dfn.wandb_extras import ModelArtifacts, SequenceTable, WandbMetrics
 
 
 def choose_wandb_mode(timeout: float = 3.0) -> str:
@@ -117,6 +118,9 @@ class DFNCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(IterationTimer, "timer")
         parser.add_lightning_class_args(MetricsCSV, "metrics_csv")
+        parser.add_lightning_class_args(WandbMetrics, "wandb_metrics")
+        parser.add_lightning_class_args(SequenceTable, "sequence_table")
+        parser.add_lightning_class_args(ModelArtifacts, "model_artifacts")
 
     def before_instantiate_classes(self) -> None:
         choose_wandb_mode()
