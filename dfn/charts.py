@@ -53,7 +53,7 @@ def tick_label(value: float) -> str:
 
 
 def line_chart(title: str, series: list[Series], xlabel: str, ylabel: str,
-               width: int = 440, height: int = 280, integer_x: bool = False) -> str:
+               width: int = 400, height: int = 270, integer_x: bool = False) -> str:
     """An SVG line chart of `series` (empty or all-NaN series are left out); '' when nothing is left.
     `integer_x`: x ticks on whole numbers only (steps, horizons)."""
     series = [s for s in series if any(math.isfinite(y) for y in s.ys)]

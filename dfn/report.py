@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 
+import imageio.v3 as iio
+
 from dfn.charts import PALETTE, Series, line_chart
 from dfn.history import read_metrics
 
@@ -88,6 +90,14 @@ def image_source(path: Path, page: Path, embed: bool) -> str:
     return Path(os.path.relpath(path.resolve(), page.resolve().parent)).as_posix()
 
 
+def shown_width(path: Path, target: int = 300) -> int:
+    """Display width in pixels: small frames (Moving MNIST is 64 px) enlarged a whole number of times,
+    so that the larger side is at most about `target` pixels."""
+    shape = iio.improps(path).shape  # GIF (T, H, W, 3); PNG (H, W) or (H, W, C)
+    height, width = (shape[-3], shape[-2]) if len(shape) >= 3 and shape[-1] in (3, 4) else shape[-2:]
+    return width * max(1, min(6, target // max(height, width, 1)))
+
+
 def fmt(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
@@ -104,12 +114,17 @@ def metrics_table(runs: list[Run]) -> str:
     if not names:
         return "<p>No test metrics (summary.json has none).</p>"
     rows = [(r.name, "model", [r.summary.get(f"test/{m}") for m in names]) for r in runs]
-    seen = []
+    references: list[tuple[list[str], list]] = []  # runs on the same test set share one copy-last row
     for r in runs:
         reference = [r.summary.get(f"test/copy_last/{m}") for m in names]
-        if reference not in seen and any(v is not None for v in reference):
-            seen.append(reference)
-            rows.append(("copy last frame" + (f" ({r.name})" if len(runs) > 1 else ""), "reference", reference))
+        same = next((names_ for names_, values in references if values == reference), None)
+        if same is not None:
+            same.append(r.name)
+        elif any(v is not None for v in reference):
+            references.append(([r.name], reference))
+    for run_names, reference in references:
+        label = "copy last frame" + (f" ({', '.join(run_names)})" if len(references) > 1 else "")
+        rows.append((label, "reference", reference))
     best = {}
     for j, m in enumerate(names):
         values = [row[2][j] for row in rows if row[2][j] is not None]
@@ -148,25 +163,43 @@ def curve_charts(runs: list[Run]) -> list[str]:
         monitored = "bce_per_frame" if "val/copy_last/bce_per_frame" in r.curves else "mse_per_frame"
         if f"val/copy_last/{monitored}" in r.curves:
             steps, values = r.curves[f"val/copy_last/{monitored}"]
-            name = "copy last frame" if len(runs) == 1 else f"{r.name} copy last frame"
-            val_reference.append(Series(name, steps, values, PALETTE[i % len(PALETTE)], dashed=True))
+            val_reference.append((r.name, Series("copy last frame", steps, values, PALETTE[i % len(PALETTE)], dashed=True)))
+    val_reference = distinct_references(val_reference)
     lr_key = next((k for r in runs for k in r.curves if k.startswith("lr-")), "lr")
     return [line_chart("training loss", series("train/loss", "train/loss"), "step", "loss (per pixel)", integer_x=True),
             line_chart("validation loss", series("val/loss", "val/loss") + val_reference, "step", "loss (per frame)", integer_x=True),
             line_chart("learning rate", series(lr_key, lr_key), "step", "learning rate", integer_x=True)]
 
 
+def distinct_references(references: list[tuple[str, Series]]) -> list[Series]:
+    """Copy-last-frame curves (run name, curve), each drawn once: runs on the same data share one, in grey."""
+    kept: list[tuple[list[str], Series]] = []
+    for name, series in references:
+        same = next((k for k in kept if k[1].xs == series.xs and k[1].ys == series.ys), None)
+        if same is not None:
+            same[0].append(name)
+            same[1].colour = "#777777"
+        else:
+            kept.append(([name], series))
+    if len(kept) > 1:  # different data: say whose copy-last each is
+        for names, series in kept:
+            series.label = f"{series.label} ({', '.join(names)})"
+    return [series for _, series in kept]
+
+
 def horizon_charts(runs: list[Run]) -> list[str]:
     charts = []
     for metric in HORIZON_CHARTS:
-        lines = []
+        lines, references = [], []
         for i, r in enumerate(runs):
-            prefix = "" if len(runs) == 1 else f"{r.name} "
             colour = PALETTE[i % len(PALETTE)]
-            for key, label, dashed in ((f"test/{metric}", "model", False),
-                                       (f"test/copy_last/{metric}", "copy last frame", True)):
-                if key in r.horizon:
-                    lines.append(Series(prefix + label, r.horizon["horizon"], r.horizon[key], colour, dashed))
+            if f"test/{metric}" in r.horizon:
+                label = "model" if len(runs) == 1 else r.name
+                lines.append(Series(label, r.horizon["horizon"], r.horizon[f"test/{metric}"], colour))
+            if f"test/copy_last/{metric}" in r.horizon:
+                references.append((r.name, Series("copy last frame", r.horizon["horizon"],
+                                                  r.horizon[f"test/copy_last/{metric}"], colour, dashed=True)))
+        lines += distinct_references(references)
         charts.append(line_chart(f"test {metric} per horizon", lines, "predicted frame (horizon)", metric, integer_x=True))
     return [c for c in charts if c]
 
@@ -192,7 +225,7 @@ def render(runs: list[Run], page: Path, embed: bool = False) -> str:
     title = "dfn report: " + ", ".join(r.name for r in runs)
     images = []
     for r in runs:
-        figures = "".join(f'<figure><img src="{image_source(p, page, embed)}" alt="{escape(c)}">'
+        figures = "".join(f'<figure><img src="{image_source(p, page, embed)}" alt="{escape(c)}" width="{shown_width(p)}">'
                           f"<figcaption>{escape(c)}</figcaption></figure>" for c, p in r.images)
         images.append(f"<h3>{escape(r.name)}</h3><div class=images>{figures or '<p>No images.</p>'}</div>")
     configs = "".join(f"<details><summary>{escape(r.name)}: config.yaml</summary><pre>{escape(r.config)}</pre></details>"

@@ -74,11 +74,11 @@ def test_metrics_file_appends_across_loggers(tmp_path):
     assert read_metrics(tmp_path / "missing.csv") == {}
 
 
-def make_run(directory, scale: float = 1.0):
+def make_run(directory, scale: float = 1.0, copy_last: float = 200.0):
     """A run directory as train.py writes it, with hand-picked numbers."""
     directory.mkdir(parents=True)
     summary = {"generator": "DFN", "parameters": 1234, "global_step": 3, "test/sequences": 10.0,
-               "test/bce_per_frame": 100.0 * scale, "test/copy_last/bce_per_frame": 200.0,
+               "test/bce_per_frame": 100.0 * scale, "test/copy_last/bce_per_frame": copy_last,
                "test/ssim": 0.5, "test/copy_last/ssim": 0.8}  # the model wins on BCE, copy-last on SSIM
     (directory / "summary.json").write_text(json.dumps(summary))
     (directory / "config.yaml").write_text("model:\n  lr: 0.001  # <escaped & shown>\n")
@@ -117,6 +117,11 @@ def test_several_runs_side_by_side_and_embedded(tmp_path, capsys):
     assert [(page.parent / s).resolve() for s in srcs] == [one / "gifs" / "test.gif", two / "gifs" / "test.gif"]
     # one copy-last row: both runs share the test set (same copy-last numbers)
     assert html.count('<tr class="reference">') == 1
+    # a run on another test set gets its own, named, copy-last row
+    three = make_run(tmp_path / "c" / "run3", copy_last=300.0)
+    other = write_report([one, two, three], tmp_path / "three.html").read_text()
+    assert re.findall(r'<tr class="reference"><th>([^<]*)</th>', other) == [
+        "copy last frame (run1, run2)", "copy last frame (run3)"]
     embedded = write_report([one, two], tmp_path / "embedded.html", embed=True).read_text()
     uri = re.findall(r'<img src="data:image/gif;base64,([^"]+)"', embedded)[0]
     assert base64.b64decode(uri) == (one / "gifs" / "test.gif").read_bytes()
