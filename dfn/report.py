@@ -3,7 +3,8 @@
 ``python -m dfn.report RUN_DIR [RUN_DIR ...] --out page.html`` (``fit`` and ``test`` also write
 ``<run dir>/report.html``). The page shows the test metrics against copy-last-frame, the training and
 validation curves (from ``metrics.csv``, see `dfn.history`), every metric per prediction horizon (from
-``horizon_test.csv``), the prediction, flow and filter images, and the resolved config. Charts are
+``horizon_test.csv``), the prediction, flow and filter images, the worst test sequences (from
+``sequences_test.csv``) and the resolved config. Charts are
 inline SVG and images are referenced by relative path (``--embed``: as data URIs, one file), so nothing
 is fetched and the folder can be copied anywhere.
 """
@@ -21,6 +22,7 @@ from html import escape
 from pathlib import Path
 
 import imageio.v3 as iio
+import yaml
 
 from dfn.charts import PALETTE, Series, line_chart
 from dfn.history import read_metrics
@@ -43,6 +45,8 @@ class Run:
     curves: dict = field(default_factory=dict)  # metric -> (steps, values)
     horizon: dict = field(default_factory=dict)  # column -> values, "horizon" included
     images: list = field(default_factory=list)  # (caption, path)
+    sequences: list = field(default_factory=list)  # rows of sequences_test.csv
+    loss: str = "bce"  # the training loss (model.loss), which ranks the worst sequences
 
     @property
     def name(self) -> str:
@@ -66,7 +70,11 @@ def load_run(directory: Path) -> Run:
         run.summary = json.loads((directory / "summary.json").read_text())
     if (directory / "config.yaml").is_file():
         run.config = (directory / "config.yaml").read_text()
+        run.loss = ((yaml.safe_load(run.config) or {}).get("model") or {}).get("loss", "bce")
     run.curves = read_metrics(directory / "metrics.csv")
+    if (directory / "sequences_test.csv").is_file():
+        with open(directory / "sequences_test.csv", newline="") as f:
+            run.sequences = list(csv.DictReader(f))
     if (directory / "horizon_test.csv").is_file():
         with open(directory / "horizon_test.csv", newline="") as f:
             rows = list(csv.DictReader(f))
@@ -204,6 +212,25 @@ def horizon_charts(runs: list[Run]) -> list[str]:
     return [c for c in charts if c]
 
 
+def worst_sequences(run: Run, page: Path, embed: bool, count: int = 5) -> str:
+    """The `count` test sequences with the highest training-loss metric, with their GIFs where written."""
+    metric = f"{run.loss}_per_frame"
+    if not run.sequences or metric not in run.sequences[0]:
+        return ""
+    worst = sorted(run.sequences, key=lambda row: float(row[metric]), reverse=True)[:count]
+    columns = [c for c in worst[0] if c not in ("sequence", "gif")]
+    head = "".join(f"<th>{escape(c)}</th>" for c in columns)
+    body = []
+    for row in worst:
+        gif = run.directory / row["gif"] if row.get("gif") else None
+        image = (f'<img src="{image_source(gif, page, embed)}" alt="sequence {row["sequence"]}" width="{shown_width(gif, 240)}">'
+                 if gif is not None and gif.is_file() else "—")
+        cells = "".join(f"<td>{fmt(float(row[c]))}</td>" for c in columns)
+        body.append(f"<tr><th>{escape(row['sequence'])}</th>{cells}<td>{image}</td></tr>")
+    return (f"<h3>{escape(run.name)}: worst test sequences by {escape(metric)} (of {len(run.sequences)})</h3>"
+            f"<table><tr><th>sequence</th>{head}<th>ground truth | prediction | error</th></tr>{''.join(body)}</table>")
+
+
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 1400px; }
 h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
@@ -241,6 +268,7 @@ def render(runs: list[Run], page: Path, embed: bool = False) -> str:
 <h2>Training and validation</h2><div class=charts>{curves}</div>
 <h2>Per prediction horizon (test; dashed: copy last frame)</h2><div class=charts>{horizons}</div>
 <h2>Predictions and filters</h2>{''.join(images)}
+<h2>Worst test sequences</h2>{''.join(worst_sequences(r, page, embed) for r in runs) or "<p>No sequences_test.csv.</p>"}
 <h2>Resolved config</h2>{configs}
 </body></html>
 """

@@ -4,8 +4,9 @@
   max for SSIM and PSNR) instead of the last, and the per-horizon test curves get their own x-axis
   ``horizon`` (``test_horizon/<metric>`` and ``test_horizon/copy_last/<metric>``), plus one line plot
   per metric with the model and copy-last-frame in the same panel (``test_horizon_plot/<metric>``).
-- `SequenceTable`: one row per test sequence (index, BCE, MSE, SSIM, PSNR; the first rows with their
-  ground truth | prediction | error GIF), wandb table ``test/per_sequence``: sort it to find the worst cases.
+- `SequenceTable`: one row per test sequence (index, BCE, MSE, SSIM, PSNR; the first and the worst rows with
+  their ground truth | prediction | error GIF), wandb table ``test/per_sequence``: sort it to find the worst
+  cases.
   Also ``<run dir>/sequences_test.csv``. Under DDP it holds rank zero's shard (indices 0, w, 2w, ...).
 - `ModelArtifacts`: the best and the last checkpoint as versions of the model artifact
   ``model-<run id>`` with aliases ``best`` and ``latest``; `load_model` loads one back.
@@ -17,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import heapq
 from pathlib import Path
 from typing import Literal
 
 import lightning as L
+import numpy as np
 import torch
 import wandb
 from lightning.pytorch.loggers import WandbLogger
@@ -88,7 +91,9 @@ class WandbMetrics(L.Callback):
 class SequenceTable(L.Callback):
     """Per-sequence test scores as a wandb table and ``<run dir>/sequences_test.csv`` (see module doc).
 
-    The predictions are the test step's own (a forward hook records them), so nothing is run twice.
+    GIFs (ground truth | prediction | error) for the first `videos` sequences and for the `videos` worst
+    ones by the training loss's metric, under ``<run dir>/gifs/test_sequences/``. The predictions are the
+    test step's own (a forward hook records them), so nothing is run twice.
     """
 
     def __init__(self, videos: int = 8, fps: float = 4.0) -> None:
@@ -96,15 +101,19 @@ class SequenceTable(L.Callback):
             raise ValueError(f"SequenceTable: videos must be >= 0, got {videos}")
         self.videos, self.fps = videos, fps
         self.rows: list[list] = []
+        self.worst: list[tuple[float, int, np.ndarray]] = []  # min-heap of (score, row, GIF frames)
         self._last_output: torch.Tensor | None = None
         self._hook = None
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: VideoPrediction) -> None:
-        self.rows, self.local_index = [], 0
+        self.rows, self.worst = [], []
         self._hook = pl_module.register_forward_hook(self._record)
 
     def _record(self, module, args, output) -> None:
         self._last_output = output
+
+    def _gif(self, trainer: L.Trainer, index: int, frames: np.ndarray) -> Path:
+        return write_gif(run_dir(trainer) / "gifs" / "test_sequences" / f"sequence_{index:05d}.gif", frames, self.fps)
 
     @rank_zero_only
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
@@ -114,14 +123,17 @@ class SequenceTable(L.Callback):
             with torch.no_grad():
                 predictions = pl_module(inputs)
         scores = frame_scores(predictions, targets)  # name -> (B, T)
+        ranked_by = "bce_per_frame" if pl_module.loss_name == "bce" else "mse_per_frame"
         for i in range(len(batch)):
-            index = trainer.global_rank + self.local_index * trainer.world_size  # StridedShard order
-            gif = None
-            if self.local_index < self.videos:
-                frames = comparison_frames(inputs[i : i + 1], targets[i : i + 1], predictions[i : i + 1])
-                gif = write_gif(run_dir(trainer) / "gifs" / "test_sequences" / f"sequence_{index:05d}.gif", frames, self.fps)
+            row = len(self.rows)
+            index = trainer.global_rank + row * trainer.world_size  # StridedShard order
+            frames = comparison_frames(inputs[i : i + 1], targets[i : i + 1], predictions[i : i + 1])
+            gif = self._gif(trainer, index, frames) if row < self.videos else None
             self.rows.append([index, *(float(scores[n][i].mean()) for n in SEQUENCE_COLUMNS), gif])
-            self.local_index += 1
+            score = float(scores[ranked_by][i].mean())
+            if self.videos and (len(self.worst) < self.videos or score > self.worst[0][0]):
+                entry = (score, row, frames)
+                heapq.heappush(self.worst, entry) if len(self.worst) < self.videos else heapq.heapreplace(self.worst, entry)
         self._last_output = None
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: VideoPrediction) -> None:
@@ -133,6 +145,10 @@ class SequenceTable(L.Callback):
     def on_test_end(self, trainer: L.Trainer, pl_module: VideoPrediction) -> None:
         if not self.rows:
             return
+        for _, row, frames in self.worst:
+            if self.rows[row][-1] is None:
+                self.rows[row][-1] = self._gif(trainer, self.rows[row][0], frames)
+        self.worst = []
         path = run_dir(trainer) / "sequences_test.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="") as f:

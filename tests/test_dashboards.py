@@ -99,7 +99,10 @@ def render(page: Path, tmp_path: Path) -> dict:
 def test_the_report_renders_in_a_browser_from_a_copied_folder(fitted, tmp_path):
     copied = shutil.copytree(fitted.dir, tmp_path / "elsewhere" / fitted.dir.name)  # the folder moves
     seen = render(copied / "report.html", tmp_path)
-    assert len(seen["images"]) == 4, seen  # test, validation, flow GIFs and the filters image
+    # test, validation, flow GIFs, the filters image, and the worst sequences that have a GIF
+    with open(fitted.dir / "sequences_test.csv", newline="") as f:
+        worst = sorted(csv.DictReader(f), key=lambda r: float(r["bce_per_frame"]), reverse=True)[:5]
+    assert len(seen["images"]) == 4 + sum(bool(r["gif"]) for r in worst), seen
     assert all(image["ok"] for image in seen["images"]), seen["images"]
     # training loss, validation loss, learning rate, 4 metrics per horizon; each drawn with its lines
     assert len(seen["charts"]) == 7 and all(c["lines"] >= 1 and c["points"] and c["width"] > 100
@@ -113,7 +116,8 @@ def test_several_runs_side_by_side_in_a_browser(fitted, tmp_path):
     subprocess.run([sys.executable, "-m", "dfn.report", str(fitted.dir), str(copy), "--out", str(page)],
                    check=True, cwd=ROOT, capture_output=True)
     seen = render(page, tmp_path)
-    assert len(seen["images"]) == 8 and all(image["ok"] for image in seen["images"]), seen["images"]
+    single = len(re.findall(r"<img ", (fitted.dir / "report.html").read_text()))
+    assert len(seen["images"]) == 2 * single and all(image["ok"] for image in seen["images"]), seen["images"]
     assert len(seen["charts"]) == 7
     assert all(c["lines"] == 2 for c in seen["charts"][:1])  # the training loss of both runs in one chart
     shot = tmp_path / "shot.png"
@@ -146,13 +150,19 @@ def test_per_sequence_table(fitted):
     for name in ("bce_per_frame", "mse_per_frame", "ssim", "psnr"):
         mean = np.mean([float(r[name]) for r in rows])
         assert mean == pytest.approx(fitted.summary[f"test/{name}"], rel=1e-6), name
+    # GIFs for the first VIDEOS sequences and for the VIDEOS worst by BCE (the training loss), no others
+    worst = sorted(rows, key=lambda r: float(r["bce_per_frame"]), reverse=True)[:VIDEOS]
+    expected = {int(r["sequence"]) for r in rows[:VIDEOS] + worst}
+    assert {int(r["sequence"]) for r in rows if r["gif"]} == expected
     gifs = [r["gif"] for r in rows if r["gif"]]
-    assert len(gifs) == VIDEOS and all((fitted.dir / g).is_file() for g in gifs)
+    assert all(g == f"gifs/test_sequences/sequence_{int(r['sequence']):05d}.gif" for r in rows if (g := r["gif"]))
+    assert all((fitted.dir / g).is_file() for g in gifs)
+    assert sorted(p.name for p in (fitted.dir / "gifs" / "test_sequences").iterdir()) == sorted(Path(g).name for g in gifs)
     logged = {k: v for row in logged_history(fitted.wandb) for k, v in row.items()}
     assert logged["test/per_sequence/_type"] == "table-file"
     assert logged["test/per_sequence/nrows"] == len(rows) and logged["test/per_sequence/ncols"] == 6
     table = next(a for a in artifacts(fitted.wandb) if "per_sequence" in a["name"])  # the table and its GIFs
-    assert sum(path.endswith(".gif") for path in table["files"]) == VIDEOS
+    assert sum(path.endswith(".gif") for path in table["files"]) == len(gifs)
 
 
 def model_artifacts(fitted) -> dict[str, dict]:

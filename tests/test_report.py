@@ -88,8 +88,13 @@ def make_run(directory, scale: float = 1.0, copy_last: float = 200.0):
     logger.log_metrics({"val/loss": 150.0, "val/copy_last/bce_per_frame": 200.0}, step=2)
     (directory / "horizon_test.csv").write_text(
         "horizon,test/bce_per_frame,test/copy_last/bce_per_frame\n1,90,150\n2,110,250\n")
-    (directory / "gifs").mkdir()
+    (directory / "gifs" / "test_sequences").mkdir(parents=True)
     iio.imwrite(directory / "gifs" / "test.gif", np.zeros((2, 8, 24, 3), np.uint8), extension=".gif", duration=250)
+    iio.imwrite(directory / "gifs" / "test_sequences" / "sequence_00001.gif", np.zeros((2, 8, 24, 3), np.uint8),
+                extension=".gif", duration=250)
+    (directory / "sequences_test.csv").write_text(
+        "sequence,bce_per_frame,mse_per_frame,ssim,psnr,gif\n0,5,1,0.5,20,\n"
+        "1,9,0.5,0.6,21,gifs/test_sequences/sequence_00001.gif\n2,1,2,0.7,22,\n")
     return directory
 
 
@@ -103,8 +108,11 @@ def test_report_page(tmp_path):
     best = {kind: re.findall(r"<td( class=best)?>", row) for kind, row in cells}
     assert best["model"] == [" class=best", ""] and best["reference"] == ["", " class=best"]  # BCE down, SSIM up
     assert "&lt;escaped &amp; shown&gt;" in html
-    (src,) = re.findall(r'<img src="([^"]+)"', html)
-    assert src == "gifs/test.gif" and (page.parent / src).is_file()  # relative: the folder can be moved
+    srcs = re.findall(r'<img src="([^"]+)"', html)
+    assert srcs == ["gifs/test.gif", "gifs/test_sequences/sequence_00001.gif"]  # relative: the folder can move
+    assert all((page.parent / src).is_file() for src in srcs)
+    worst = html[html.index("worst test sequences by bce_per_frame"):]
+    assert re.findall(r"<tr><th>(\d+)</th>", worst) == ["1", "0", "2"]  # highest BCE first
 
 
 def test_several_runs_side_by_side_and_embedded(tmp_path, capsys):
@@ -114,7 +122,9 @@ def test_several_runs_side_by_side_and_embedded(tmp_path, capsys):
     html = page.read_text()
     assert "run1" in html and "run2" in html
     srcs = re.findall(r'<img src="([^"]+)"', html)
-    assert [(page.parent / s).resolve() for s in srcs] == [one / "gifs" / "test.gif", two / "gifs" / "test.gif"]
+    assert [(page.parent / s).resolve() for s in srcs] == [
+        one / "gifs" / "test.gif", two / "gifs" / "test.gif",
+        one / "gifs" / "test_sequences" / "sequence_00001.gif", two / "gifs" / "test_sequences" / "sequence_00001.gif"]
     # one copy-last row: both runs share the test set (same copy-last numbers)
     assert html.count('<tr class="reference">') == 1
     # a run on another test set gets its own, named, copy-last row
