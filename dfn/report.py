@@ -168,7 +168,7 @@ def curve_charts(runs: list[Run]) -> list[str]:
 
     val_reference = []
     for i, r in enumerate(runs):
-        monitored = "bce_per_frame" if "val/copy_last/bce_per_frame" in r.curves else "mse_per_frame"
+        monitored = f"{r.loss}_per_frame"  # what val/loss is (dfn.module: the loss's per-frame metric)
         if f"val/copy_last/{monitored}" in r.curves:
             steps, values = r.curves[f"val/copy_last/{monitored}"]
             val_reference.append((r.name, Series("copy last frame", steps, values, PALETTE[i % len(PALETTE)], dashed=True)))

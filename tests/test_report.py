@@ -74,14 +74,14 @@ def test_metrics_file_appends_across_loggers(tmp_path):
     assert read_metrics(tmp_path / "missing.csv") == {}
 
 
-def make_run(directory, scale: float = 1.0, copy_last: float = 200.0):
+def make_run(directory, scale: float = 1.0, copy_last: float = 200.0, loss: str = "bce"):
     """A run directory as train.py writes it, with hand-picked numbers."""
     directory.mkdir(parents=True)
     summary = {"generator": "DFN", "parameters": 1234, "global_step": 3, "test/sequences": 10.0,
                "test/bce_per_frame": 100.0 * scale, "test/copy_last/bce_per_frame": copy_last,
                "test/ssim": 0.5, "test/copy_last/ssim": 0.8}  # the model wins on BCE, copy-last on SSIM
     (directory / "summary.json").write_text(json.dumps(summary))
-    (directory / "config.yaml").write_text("model:\n  lr: 0.001  # <escaped & shown>\n")
+    (directory / "config.yaml").write_text(f"model:\n  lr: 0.001  # <escaped & shown>\n  loss: {loss}\n")
     logger = CSVMetricsLogger(directory / "metrics.csv")
     for step, loss in enumerate((0.7, 0.5, 0.4)):
         logger.log_metrics({"train/loss": loss}, step=step)
@@ -135,6 +135,12 @@ def test_several_runs_side_by_side_and_embedded(tmp_path, capsys):
     embedded = write_report([one, two], tmp_path / "embedded.html", embed=True).read_text()
     uri = re.findall(r'<img src="data:image/gif;base64,([^"]+)"', embedded)[0]
     assert base64.b64decode(uri) == (one / "gifs" / "test.gif").read_bytes()
+
+
+def test_an_mse_run_ranks_its_worst_sequences_by_mse(tmp_path):
+    html = write_report(make_run(tmp_path / "highway", loss="mse")).read_text()
+    worst = html[html.index("worst test sequences by mse_per_frame"):]
+    assert re.findall(r"<tr><th>(\d+)</th>", worst) == ["2", "0", "1"]
 
 
 def test_report_errors(tmp_path):
