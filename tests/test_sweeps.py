@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+from wandb.sdk.launch.sweeps.utils import create_sweep_command_args, load_sweep_config
 
 from conftest import ROOT
 from dfn.cli import main
@@ -47,7 +47,7 @@ def test_there_are_sweeps():
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
 def test_sweep_is_well_formed(path):
-    sweep = yaml.safe_load(path.read_text())
+    sweep = load_sweep_config(str(path))  # as `wandb sweep` reads it
     assert sweep["method"] in ("grid", "random", "bayes")
     assert sweep["metric"]["name"].startswith("val/"), "sweeps select on validation, never on test"
     assert sweep["metric"]["goal"] in ("minimize", "maximize")
