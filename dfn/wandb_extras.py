@@ -6,8 +6,7 @@
   per metric with the model and copy-last-frame in the same panel (``test_horizon_plot/<metric>``).
 - `SequenceTable`: one row per test sequence (index, BCE, MSE, SSIM, PSNR; the first and the worst rows with
   their ground truth | prediction | error GIF), wandb table ``test/per_sequence``: sort it to find the worst
-  cases.
-  Also ``<run dir>/sequences_test.csv``. Under DDP it holds rank zero's shard (indices 0, w, 2w, ...).
+  cases. Also ``<run dir>/sequences_test.csv``. Under DDP it holds rank zero's shard (indices 0, w, 2w, ...).
 - `ModelArtifacts`: the best and the last checkpoint as versions of the model artifact
   ``model-<run id>`` with aliases ``best`` and ``latest``; `load_model` loads one back.
 
