@@ -131,10 +131,32 @@ def flow_colours(flow: torch.Tensor, max_displacement: float) -> torch.Tensor:
     return rgb * value[:, None]
 
 
+def filter_grid(weights: torch.Tensor, kernel_size: int, grid: int = 3) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Images of the K x K filters at `grid` x `grid` fixed pixels (at 1/4, 1/2, 3/4 of the height and width).
+
+    weights: (K*K, H, W) one filter per pixel. Returns a uint8 grey image (grid*(s*K+2), grid*(s*K+2)),
+    each filter scaled by its own maximum (white = largest weight) and enlarged s times, and the pixels.
+    """
+    k = kernel_size
+    height, width = weights.shape[-2:]
+    pixels = [(height * (i + 1) // (grid + 1), width * (j + 1) // (grid + 1)) for i in range(grid) for j in range(grid)]
+    scale = max(1, 48 // k)
+    cell = scale * k + 2  # a 1-pixel border around each filter
+    image = np.full((grid * cell, grid * cell), 64, dtype=np.uint8)
+    for n, (y, x) in enumerate(pixels):
+        f = rearrange(weights[:, y, x].detach().float().cpu(), "(i j) -> i j", i=k)  # (K, K)
+        f = (f / f.abs().max().clamp(min=1e-12)).clamp(0, 1)
+        tile = (f.repeat_interleave(scale, 0).repeat_interleave(scale, 1).numpy() * 255).round().astype(np.uint8)
+        row, col = divmod(n, grid)
+        image[row * cell + 1 : row * cell + 1 + scale * k, col * cell + 1 : col * cell + 1 + scale * k] = tile
+    return image, pixels
+
+
 class FilterFlowGIFs(L.Callback):
     """At every validation: a GIF of the flow field that the local filters encode, for the fixed
     validation sequences of `PredictionGIFs` (prediction | flow colour-wheel image per predicted frame);
-    ``<run dir>/gifs/flow_epochNNN.gif``, logged to wandb. Only for generators whose filters are one
+    ``<run dir>/gifs/flow_epochNNN.gif``, logged to wandb; and an image of the generated K x K filters at
+    fixed pixels (`filter_grid`), ``<run dir>/gifs/filters_epochNNN.png``, logged as ``val/filters``. Only for generators whose filters are one
     (B, K*K[+1], H, W) tensor (DFN-like local filters); skipped with one message otherwise."""
 
     def __init__(self, fps: float = 4.0) -> None:
@@ -164,6 +186,15 @@ class FilterFlowGIFs(L.Callback):
         frames = (video.cpu().numpy() * 255).round().astype(np.uint8)
         path = write_gif(run_dir(trainer) / "gifs" / f"flow_epoch{trainer.current_epoch:03d}.gif", frames, self.fps)
         log_gif(trainer, "val/filter_flow", path)
+        weights = filters[0][:1, : k * k]  # (1, K*K, H, W): first sequence, first predicted frame
+        weights = weights.softmax(1) if layer.softmax else weights
+        image, pixels = filter_grid(weights[0], k)
+        path = run_dir(trainer) / "gifs" / f"filters_epoch{trainer.current_epoch:03d}.png"
+        iio.imwrite(path, image)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image("val/filters", [str(path)], step=trainer.global_step,
+                                 caption=[f"{k}x{k} filters at (y, x) = {', '.join(map(str, pixels))}, first predicted frame"])
 
 
 class PredictionFiles(BasePredictionWriter):

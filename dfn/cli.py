@@ -24,7 +24,10 @@ from lightning.pytorch.loggers import WandbLogger
 from torch.utils.flop_counter import FlopCounterMode
 
 from dfn.callbacks import FilterFlowGIFs, HorizonTables, PredictionFiles, PredictionGIFs, run_dir, write_json
+from dfn.history import MetricsCSV
 from dfn.module import VideoPrediction
+from dfn.report import write_report
+from dfn.wandb_extras import ModelArtifacts, SequenceTable, WandbMetrics
 
 
 def choose_wandb_mode(timeout: float = 3.0) -> str:
@@ -114,6 +117,10 @@ class DFNCLI(LightningCLI):
         parser.add_lightning_class_args(HorizonTables, "horizon_tables")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(IterationTimer, "timer")
+        parser.add_lightning_class_args(MetricsCSV, "metrics_csv")
+        parser.add_lightning_class_args(WandbMetrics, "wandb_metrics")
+        parser.add_lightning_class_args(SequenceTable, "sequence_table")
+        parser.add_lightning_class_args(ModelArtifacts, "model_artifacts")
 
     def before_instantiate_classes(self) -> None:
         choose_wandb_mode()
@@ -162,6 +169,7 @@ class DFNCLI(LightningCLI):
             **results,
         }
         write_json(directory / "summary.json", summary)
+        report = write_report(directory)
         metric = "bce_per_frame" if self.model.loss_name == "bce" else "mse_per_frame"
         model_score = results.get(f"test/{metric}")
         copy_score = results.get(f"test/copy_last/{metric}")
@@ -174,7 +182,7 @@ class DFNCLI(LightningCLI):
                           f"final weights {float(final_score):.2f}")
             scores += f" (copy-last-frame {float(copy_score):.2f})"
         gif_dir = directory / "gifs" if gifs and gifs.written else "none"
-        print(f"dfn: run {directory} | GIFs {gif_dir} | {scores} | summary {directory / 'summary.json'}")
+        print(f"dfn: run {directory} | GIFs {gif_dir} | {scores} | summary {directory / 'summary.json'} | report {report}")
 
 
 def main(args: list[str] | None = None, run: bool = True) -> DFNCLI:

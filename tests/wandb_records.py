@@ -48,3 +48,28 @@ def logged_history(path: Path) -> list[dict]:
             rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
                          for item in record.history.item})
     return rows
+
+
+def metric_definitions(path: Path) -> dict[str, dict]:
+    """Every ``define_metric`` by name (globs as their pattern): {name: {"step_metric", "summary": set}};
+    a later definition of the same name replaces an earlier one, as in wandb."""
+    definitions = {}
+    for record in records(path):
+        if record.WhichOneof("record_type") == "metric":
+            metric = record.metric
+            summary = {kind for kind in ("min", "max", "mean", "best", "last", "none", "copy", "first")
+                       if getattr(metric.summary, kind, False)}
+            definitions[metric.name or metric.glob_name] = {"step_metric": metric.step_metric, "summary": summary}
+    return definitions
+
+
+def artifacts(path: Path) -> list[dict]:
+    """Every logged artifact: {"name", "type", "aliases", "metadata", "files": {path in artifact: local copy}}."""
+    found = []
+    for record in records(path):
+        if record.WhichOneof("record_type") == "artifact":
+            a = record.artifact
+            found.append({"name": a.name, "type": a.type, "aliases": list(a.aliases),
+                          "metadata": json.loads(a.metadata or "{}"),
+                          "files": {entry.path: entry.local_path for entry in a.manifest.contents}})
+    return found
