@@ -22,6 +22,15 @@ from torch import Tensor, nn
 from dfn.ops import dynamic_conv, local_filter
 
 
+def _same_dtype(frame: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+    """Under autocast (``precision: bf16-mixed``) the generated filters come out in bfloat16 while the
+    frames are float32 (issue 12): filter in the wider of the two types."""
+    if frame.dtype == weights.dtype:
+        return frame, weights
+    dtype = torch.promote_types(frame.dtype, weights.dtype)
+    return frame.to(dtype), weights.to(dtype)
+
+
 def _check_hparams(name: str, kernel_size: int, dilation: int) -> None:
     if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 \
             or kernel_size % 2 == 0:
@@ -76,7 +85,7 @@ class DynamicLocalFiltering(_DynamicFilterLayer):
             # (B, 1, H, W) shared, broadcast over C; per-channel (B, C, H, W).
             bias = filters.select(axis, kk)
             frame = frame + (bias.unsqueeze(1) if axis == 1 else bias)
-        return local_filter(frame, weights, self.dilation)
+        return local_filter(*_same_dtype(frame, weights), self.dilation)
 
 
 class DynamicConvolution(_DynamicFilterLayer):
@@ -105,4 +114,5 @@ class DynamicConvolution(_DynamicFilterLayer):
             frame = frame + filters[:, K * K].view(B, 1, 1, 1)  # (B,) bias, before filtering
         # The same K×K filter for every channel: depthwise conv, groups=C, weight (B, C, 1, K, K).
         weight = weights.reshape(B, 1, 1, K, K).expand(B, C, 1, K, K)
+        frame, weight = _same_dtype(frame, weight)
         return dynamic_conv(frame, weight, padding="same", dilation=self.dilation, groups=C)

@@ -72,7 +72,7 @@ def uncompile_predictor(predictor: VideoPredictor) -> None:
         vars(module).pop(name, None)
 
 
-def check_compile_args(targets, mode: str, backend: str) -> None:
+def check_compile_args(targets, mode: str, backend) -> None:
     """ValueError naming the bad value and the allowed ones."""
     bad = [t for t in targets if t not in COMPILE_TARGETS]
     if bad or not targets:
@@ -81,8 +81,8 @@ def check_compile_args(targets, mode: str, backend: str) -> None:
         raise ValueError("compile target 'rollout' already contains step, decode and generator; use it alone")
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile mode must be one of {COMPILE_MODES}; got {mode!r}")
-    if not isinstance(backend, str) or not backend:
-        raise ValueError(f"compile backend must be a torch.compile backend name; got {backend!r}")
+    if not (callable(backend) or isinstance(backend, str) and backend):
+        raise ValueError(f"compile backend must be a torch.compile backend (a name or a callable); got {backend!r}")
 
 
 def uses_cudagraphs(mode: str, backend: str = "inductor") -> bool:
@@ -112,13 +112,27 @@ class CompileStep(L.Callback):
         self.fullgraph, self.backend = fullgraph, backend
         self.compiled: list[str] = []
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+    def _compile(self, pl_module: L.LightningModule) -> None:
         predictor = getattr(pl_module, "predictor", None)
         if not isinstance(predictor, VideoPredictor):
             raise ValueError(f"CompileStep: the LightningModule must have a VideoPredictor `.predictor`; "
                              f"got {type(predictor).__name__}")
         self.compiled += compile_predictor(predictor, self.targets, self.mode, self.dynamic, self.fullgraph,
                                            self.backend)
+
+    # Not in `setup`: the CLI counts FLOPs there (FlopCounterMode), and with torch 2.13 a compiled function
+    # whose first call runs under a dispatch mode is skipped by dynamo for good, i.e. silently eager.
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._compile(pl_module)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._compile(pl_module)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._compile(pl_module)
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._compile(pl_module)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if uses_cudagraphs(self.mode, self.backend):

@@ -3,8 +3,9 @@
 The model and data are built exactly as ``train.py fit --config X`` builds them (the same LightningCLI,
 ``dfn.cli.main(run=False)``), with ``--trainer.accelerator``/``--trainer.precision`` set from the flags
 and the logger off. Then, after warm-up (which includes any compilation), N iterations are timed —
-forward under Lightning's precision context, loss, backward, Adam step — synchronised on CUDA. The
-loss is the module's own (``loss(forward(inputs), targets)``, i.e. ``training_step`` without logging);
+forward under Lightning's precision context, loss (in float32, outside autocast), backward, Adam step —
+synchronised on CUDA. The loss is the module's own (``loss(forward(inputs), targets)``, i.e.
+``training_step`` without logging);
 a few training batches are drawn once and cycled, so the data pipeline is not timed (``dfn.bench data``
 measures it).
 
@@ -94,6 +95,14 @@ def _optimizer(configured) -> torch.optim.Optimizer:
     raise ValueError(f"dfn.bench train: cannot find the optimizer in {type(configured).__name__}")
 
 
+def model_loss(model, precision_plugin, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The module's loss on its predictions: forward under the precision's autocast, the loss outside it in
+    float32 (CUDA autocast refuses ``F.binary_cross_entropy``, and bfloat16 rounds 1 - 1e-7 to 1)."""
+    with precision_plugin.forward_context():
+        predictions = model(inputs)
+    return model.loss(predictions.float(), targets.float())
+
+
 def count_flops(model, precision_plugin, batch: torch.Tensor) -> dict[str, int]:
     """FLOPs of one forward + backward of `model` on `batch` (gradients are zeroed afterwards).
 
@@ -119,10 +128,8 @@ def count_flops(model, precision_plugin, batch: torch.Tensor) -> dict[str, int]:
     handles = [h for m in layers for h in (m.register_forward_pre_hook(pre_hook), m.register_forward_hook(hook))]
     try:
         with counter:
-            with precision_plugin.forward_context():
-                inputs, targets = model.split(batch)
-                loss = model.loss(model(inputs), targets)
-            loss.backward()
+            inputs, targets = model.split(batch)
+            model_loss(model, precision_plugin, inputs, targets).backward()
     finally:
         for h in handles:
             h.remove()
@@ -202,9 +209,8 @@ def run(args: argparse.Namespace) -> dict:
         if cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
         batch = batches[i % len(batches)]
-        with plugin.forward_context():
-            inputs, targets_ = model.split(batch)
-            loss = model.loss(model(inputs), targets_)
+        inputs, targets_ = model.split(batch)
+        loss = model_loss(model, plugin, inputs, targets_)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -246,6 +252,7 @@ def run(args: argparse.Namespace) -> dict:
         "nominal_peak_flops_per_second": nominal[1] if nominal else None,
         "fraction_of_nominal_peak": achieved / nominal[1] if nominal else None,
         "losses": [float(x) for x in losses],
+        "weights_finite": all(bool(torch.isfinite(p).all()) for p in model.parameters()),
         "loadavg_1min": os.getloadavg()[0],
     }
 
@@ -273,7 +280,8 @@ def format_text(r: dict) -> str:
     if r["nominal_peak"]:
         lines.append(f"  nominal peak ({r['nominal_peak']}) {si(r['nominal_peak_flops_per_second'])}FLOP/s | "
                      f"{100 * r['fraction_of_nominal_peak']:.2f}% of it")
-    lines.append(f"  loss first/last {r['losses'][0]:.4f} / {r['losses'][-1]:.4f} | 1-min load "
+    lines.append(f"  loss first/last {r['losses'][0]:.4f} / {r['losses'][-1]:.4f} | weights "
+                 f"{'finite' if r['weights_finite'] else 'NOT FINITE'} | 1-min load "
                  f"{r['loadavg_1min']:.1f} ({os.cpu_count()} CPUs)")
     return "\n".join(lines)
 
