@@ -124,7 +124,7 @@ paper_stage() {
   # tests the best checkpoint by validation loss.
   local reserve=${DFN_PAPER_RESERVE:-75} seconds
   seconds=$(( $(left) - reserve ))
-  if [ "$SMOKE" = 1 ]; then seconds=20; fi
+  if [ "$SMOKE" = 1 ]; then seconds=60; fi
   if [ "$seconds" -lt 30 ]; then echo "paper: only ${seconds}s left for training; skipped"; return 3; fi
   local max_time; max_time=$(printf "00:00:%02d:%02d" $((seconds / 60)) $((seconds % 60)))
   local save=/tmp/dfn_paper; rm -rf "$save"

@@ -17,7 +17,9 @@ def load_json(path: Path):
 
 def main(out: Path) -> None:
     stages = [json.loads(line) for line in (out / "stages.jsonl").read_text().splitlines() if line.strip()]
-    train = {p.stem.removeprefix("train_"): load_json(p) for p in sorted(out.glob("train_*.json"))}
+    order = [s["stage"] for s in stages]
+    files = sorted(out.glob("train_*.json"), key=lambda p: order.index(p.stem) if p.stem in order else len(order))
+    train = {p.stem.removeprefix("train_"): load_json(p) for p in files}
     keep = ("device_name", "precision", "compile", "batch_size", "seconds_per_iteration", "warmup_seconds",
             "flops_per_iteration", "flops_per_second", "matmul_dtype", "matmul_flops_per_second",
             "fraction_of_matmul_peak", "nominal_peak", "fraction_of_nominal_peak", "weights_finite")
