@@ -28,15 +28,22 @@ UPGRADE_IF_OLDER = {"typing-extensions", "typing-inspection", "annotated-types"}
 
 def older(present: str, wheel_version: str) -> bool:
     try:
-        from packaging.version import Version
+        try:
+            from packaging.version import Version
+        except ImportError:
+            from pip._vendor.packaging.version import Version
         return Version(present) < Version(wheel_version)
     except Exception:  # noqa: BLE001 (unparsable versions: keep what is there)
         return False
 
 
 def main(folder: str, target: str) -> int:
-    from packaging.tags import sys_tags
-    from packaging.utils import parse_wheel_filename
+    try:
+        from packaging.tags import sys_tags
+        from packaging.utils import parse_wheel_filename
+    except ImportError:  # no packaging installed: pip's copy
+        from pip._vendor.packaging.tags import sys_tags
+        from pip._vendor.packaging.utils import parse_wheel_filename
 
     supported = set(sys_tags())
     wheels = []
