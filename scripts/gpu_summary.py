@@ -10,9 +10,14 @@ from pathlib import Path
 def load_json(path: Path):
     try:
         text = path.read_text().strip()
-        return json.loads(text.splitlines()[-1]) if text else None
-    except (OSError, ValueError, IndexError):
+    except OSError:
         return None
+    for candidate in (text, *reversed(text.splitlines())):  # one JSON document, or JSON on the last line
+        try:
+            return json.loads(candidate)
+        except ValueError:
+            continue
+    return None
 
 
 def main(out: Path) -> None:
