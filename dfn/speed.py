@@ -134,10 +134,22 @@ class CompileStep(L.Callback):
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._compile(pl_module)
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+    def _mark_step(self) -> None:
         if uses_cudagraphs(self.mode, self.backend):
             # CUDA graph trees: a new iteration may overwrite the previous one's graph outputs.
             torch.compiler.cudagraph_mark_step_begin()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._mark_step()
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._mark_step()
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._mark_step()
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._mark_step()
 
 
 def to_channels_last(module: nn.Module) -> nn.Module:

@@ -10,6 +10,7 @@
 #                                                                              -> train_<variant>.json
 #   paper    train.py fit of experiments/moving_mnist/dfn.yaml for the time left, then its test BCE
 #            on DFN_PAPER_TEST_SIZE (default 2000) test sequences              -> paper_summary.json
+#            (DFN_PAPER_ARGS: extra train.py arguments, e.g. "--trainer.precision bf16-mixed")
 #   compare  python -m dfn.compare experiments/highway/*.yaml --jobs 8 (issue 8 table) -> compare/
 # Everything goes to $OUT (default ./gpu_out): one log per stage, JSON results, stages.jsonl (rc and
 # seconds per stage) and summary.json. Each stage is hard-limited with `timeout`, and the whole run
@@ -140,7 +141,7 @@ paper_stage() {
     --trainer.logger.init_args.save_dir "$save" \
     --data.init_args.val_size ${DFN_PAPER_VAL_SIZE:-512} \
     --data.init_args.test_size $([ "$SMOKE" = 1 ] && echo 8 || echo ${DFN_PAPER_TEST_SIZE:-2000}) \
-    --data.init_args.num_workers ${DFN_PAPER_WORKERS:-0} "${extra[@]}"
+    --data.init_args.num_workers ${DFN_PAPER_WORKERS:-0} "${extra[@]}" ${DFN_PAPER_ARGS:-}
   local rc=$?
   local summary; summary=$(ls -t "$save"/dfn/*/summary.json 2>/dev/null | head -1)
   if [ -n "$summary" ]; then
