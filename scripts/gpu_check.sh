@@ -102,6 +102,8 @@ declare -A VARIANTS=(
   [bf16]="--precision bf16-mixed"
   [compile_fp32]="--precision 32-true --compile default"
   [cudagraphs_bf16]="--precision bf16-mixed --compile reduce-overhead --warmup 5"
+  [channels_last_fp32]="--precision 32-true --channels-last"
+  [rollout_fp32]="--precision 32-true --compile default --compile-targets rollout"
 )
 ORDER=(${DFN_TRAIN_VARIANTS:-fp32 bf16 compile_fp32 cudagraphs_bf16})
 

@@ -84,11 +84,12 @@ def test_bench_train_rejects_a_missing_config(tmp_path):
         run(bench_args("--config", str(tmp_path / "nope.yaml"), "--device", "cpu"))
 
 
-BF16_TOLERANCE = 0.01  # relative, per step: bfloat16 keeps 8 significant bits (~0.4% per rounding)
+# Relative, per step. Measured: at most 5.3e-4 (the loss averages many bfloat16 roundings of ~0.4% each).
+BF16_TOLERANCE = 0.005
 
 
 def test_bf16_mixed_tracks_float32_on_the_quickstart_model():
-    """Five Adam steps of the quickstart model (batch 4): bf16-mixed losses within 1% of 32-true's, step by
+    """Five Adam steps of the quickstart model (batch 4): bf16-mixed losses within 0.5% of 32-true's, step by
     step, and every weight finite. The same seed gives both runs the same weights and batches."""
     common = ["--config", QUICKSTART, "--device", "cpu", "--steps", "3", "--warmup", "2", "--batches", "2",
               "--matmul-size", "256", "--override=--data.init_args.batch_size=4"]
