@@ -166,3 +166,19 @@ def test_compile_step_callback_trains_and_checkpoints_through_the_cli(tmp_path, 
 def test_compile_step_rejects_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CompileStep(**kwargs)
+
+
+def test_filtering_layers_accept_autocast_dtypes():
+    """Under bf16-mixed the generated filters are bfloat16 and the frames float32: the layers filter in
+    float32 and agree with filtering the same (bfloat16-valued) filters given as float32."""
+    from dfn.layers import DynamicConvolution, DynamicLocalFiltering
+
+    frame = torch.rand(2, 3, 8, 8)
+    local = torch.randn(2, 9 + 1, 8, 8).bfloat16()
+    conv = torch.randn(2, 9 + 1).bfloat16()
+    # softmax off: with it, the bfloat16 softmax itself rounds differently from a float32 one.
+    for layer, filters in ((DynamicLocalFiltering(3, softmax=False, dynamic_bias=True), local),
+                           (DynamicConvolution(3, softmax=False, dynamic_bias=True), conv)):
+        out = layer(frame, filters)
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, layer(frame, filters.float()))
