@@ -1,9 +1,12 @@
-"""Compare configs under one budget: ``python -m dfn.compare CONFIG... [--max-steps N] [--out results.md]``.
+"""Compare configs under one budget: ``python -m dfn.compare CONFIG... [--max-steps N] [--out results.md] [--jobs N]``.
 
 Each config is trained with ``train.py fit`` (same seed, same step budget, extra overrides applied to
 all), tested on its best checkpoint, and logged to wandb in one group. The table (markdown and CSV
 beside it) lists generator, mode, parameters, FLOPs per step, seconds per iteration and every test
-metric, with copy-last-frame as the reference row.
+metric, with copy-last-frame as the reference row. ``--jobs N`` trains N configs at once (separate
+processes sharing the machine, e.g. one large GPU that a small model does not fill; each gets
+cores/N CPU threads unless OMP_NUM_THREADS is set); the table is the same, in the order given.
+Note that s/iter then measures a shared machine: compare it only between runs with the same --jobs.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,8 +31,10 @@ def shown_path(config: Path) -> str:
     return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(config)
 
 
-def run_config(config: Path, out: Path, max_steps: int, seed: int, group: str, overrides: list[str]) -> dict:
-    """Train and test one config; returns its summary.json (see dfn.cli.DFNCLI.summarise)."""
+def run_config(config: Path, out: Path, max_steps: int, seed: int, group: str, overrides: list[str],
+               threads: int | None = None) -> dict:
+    """Train and test one config; returns its summary.json (see dfn.cli.DFNCLI.summarise).
+    `threads`: OMP_NUM_THREADS for the run (when the caller has not set it), for parallel jobs."""
     save_dir = out / "runs" / config.parent.name / config.stem
     args = [sys.executable, str(ROOT / "train.py"), "fit", "--config", str(config),
             "--seed_everything", str(seed), "--trainer.max_steps", str(max_steps),
@@ -35,7 +42,10 @@ def run_config(config: Path, out: Path, max_steps: int, seed: int, group: str, o
             "--trainer.logger.init_args.save_dir", str(save_dir),
             "--trainer.logger.init_args.group", group, *overrides]
     started = time.perf_counter()
-    proc = subprocess.run(args, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    env = dict(os.environ)
+    if threads and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(threads)
+    proc = subprocess.run(args, capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{config} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     summaries = sorted(save_dir.glob("dfn/*/summary.json"), key=lambda p: p.stat().st_mtime)
@@ -81,18 +91,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--override", action="append", default=[], metavar="ARG",
                         help="extra train.py argument applied to every config, e.g. "
                              "--override=--data.init_args.test_size=512 (repeatable)")
+    parser.add_argument("--accelerator", default=None, help="train.py --trainer.accelerator for every config "
+                                                            "(cpu, cuda, auto; default: the configs')")
+    parser.add_argument("--devices", default=None, help="train.py --trainer.devices for every config")
+    parser.add_argument("--jobs", type=int, default=1, help="configs trained at once (default 1)")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    for flag, value in (("accelerator", args.accelerator), ("devices", args.devices)):
+        if value is not None:
+            args.override += [f"--trainer.{flag}={value}"]
     missing = [str(c) for c in args.configs if not c.is_file()]
     if missing:
         parser.error(f"config file(s) not found: {', '.join(missing)}")
     group = f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir = args.out.parent.resolve()
-    summaries = []
-    for config in args.configs:
+    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
+
+    def one(config: Path) -> dict:
         print(f"dfn.compare: {config} ({args.max_steps} steps)", flush=True)
-        summaries.append(run_config(config.resolve(), out_dir, args.max_steps, args.seed, group, args.override))
+        return run_config(config.resolve(), out_dir, args.max_steps, args.seed, group, args.override, threads)
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # threads only wait on the subprocesses
+        summaries = list(pool.map(one, args.configs))  # in the order given, whatever order they finish in
     command = " ".join(["python -m dfn.compare", *map(shown_path, args.configs), f"--max-steps {args.max_steps}",
-                        f"--seed {args.seed}", *(f"--override={o}" for o in args.override)])
+                        f"--seed {args.seed}", *(f"--override={o}" for o in args.override),
+                        *([f"--jobs {args.jobs}"] if args.jobs > 1 else [])])
     write_tables(summaries, args.out, f"Budget: {args.max_steps} iterations per config, seed {args.seed}, "
                                       f"wandb group `{group}`. Command: `{command}`")
     print(args.out.read_text())

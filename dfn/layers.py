@@ -24,6 +24,15 @@ from dfn.ops import dynamic_conv, local_filter
 from dfn.ops._checks import PaddingMode, check_padding_mode
 
 
+def same_dtype(frame: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+    """Under autocast (``precision: bf16-mixed``) the generated filters come out in bfloat16 while the
+    frames are float32 (issue 12): filter in the wider of the two types."""
+    if frame.dtype == weights.dtype:
+        return frame, weights
+    dtype = torch.promote_types(frame.dtype, weights.dtype)
+    return frame.to(dtype), weights.to(dtype)
+
+
 def _check_hparams(name: str, kernel_size: int, dilation: int, padding_mode: str) -> None:
     if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 \
             or kernel_size % 2 == 0:
@@ -82,7 +91,7 @@ class DynamicLocalFiltering(_DynamicFilterLayer):
             # (B, 1, H, W) shared, broadcast over C; per-channel (B, C, H, W).
             bias = filters.select(axis, kk)
             frame = frame + (bias.unsqueeze(1) if axis == 1 else bias)
-        return local_filter(frame, weights, self.dilation, padding_mode=self.padding_mode)
+        return local_filter(*same_dtype(frame, weights), self.dilation, padding_mode=self.padding_mode)
 
 
 class DynamicConvolution(_DynamicFilterLayer):
@@ -112,5 +121,6 @@ class DynamicConvolution(_DynamicFilterLayer):
             frame = frame + filters[:, K * K].view(B, 1, 1, 1)  # (B,) bias, before filtering
         # The same K×K filter for every channel: depthwise conv, groups=C, weight (B, C, 1, K, K).
         weight = weights.reshape(B, 1, 1, K, K).expand(B, C, 1, K, K)
+        frame, weight = same_dtype(frame, weight)
         return dynamic_conv(frame, weight, padding="same", dilation=self.dilation, groups=C,
                             padding_mode=self.padding_mode)

@@ -112,11 +112,17 @@ class VideoPrediction(L.LightningModule):
         return batch[:, : self.frames_in], batch[:, self.frames_in : expected]
 
     def loss(self, predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Training loss, averaged over pixels (Adam is insensitive to the scale; metrics report sums)."""
-        if self.loss_name == "bce":
-            eps = self.hparams.bce_eps
-            return F.binary_cross_entropy(predictions.clamp(eps, 1 - eps), targets)
-        return F.mse_loss(predictions, targets)
+        """Training loss, averaged over pixels (Adam is insensitive to the scale; metrics report sums).
+
+        Computed in float32 outside autocast (issue 12): CUDA autocast refuses F.binary_cross_entropy,
+        and in bfloat16 the clip 1 - eps rounds to 1, so a saturated prediction would give log(0).
+        """
+        with torch.autocast(predictions.device.type, enabled=False):
+            predictions, targets = predictions.float(), targets.float()
+            if self.loss_name == "bce":
+                eps = self.hparams.bce_eps
+                return F.binary_cross_entropy(predictions.clamp(eps, 1 - eps), targets)
+            return F.mse_loss(predictions, targets)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         inputs, targets = self.split(batch)

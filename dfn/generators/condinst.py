@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfn.generators.base import FilterGenerator, Mode, pooled
+from dfn.layers import same_dtype
 from dfn.ops import dynamic_conv
 
 
@@ -74,7 +75,8 @@ class HeadFiltering(nn.Module):
         for i, (w, b) in enumerate(zip(weights, biases)):
             cin, cout = self.widths[i], self.widths[i + 1]
             w = w.reshape(B, cout, cin, 1, 1)  # (B, out, in, 1, 1): one 1x1 conv per sample
-            x = dynamic_conv(x, w, b)  # (B, out, H, W), b: (B, out)
+            x, w = same_dtype(x, w)  # bf16-mixed: generated weights may be bf16, frames float32
+            x = dynamic_conv(x, w, b.to(w.dtype))  # (B, out, H, W), b: (B, out)
             if i < layers - 1:
                 x = F.relu(x)
         return torch.sigmoid(x) if self.output == "sigmoid" else x

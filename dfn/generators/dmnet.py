@@ -30,9 +30,9 @@ from einops import rearrange, reduce
 from torch import nn
 
 from dfn.generators.base import FilterGenerator, Mode, pooled
-from dfn.ops import PaddingMode
 from dfn.generators.initialisation import he_uniform_
-from dfn.ops import dynamic_conv
+from dfn.layers import same_dtype
+from dfn.ops import PaddingMode, dynamic_conv
 
 
 class MultiScaleFiltering(nn.Module):
@@ -60,7 +60,7 @@ class MultiScaleFiltering(nn.Module):
                 kernel = rearrange(torch.softmax(rearrange(kernel, "b c kh kw -> b c (kh kw)"), dim=-1),
                                    "b c (kh kw) -> b c kh kw", kh=k)  # (B, C, k, k), each sums to 1
             weight = rearrange(kernel, "b c kh kw -> b c 1 kh kw")  # (B, O=C, C/groups=1, k, k): depthwise
-            branches.append(dynamic_conv(frame, weight, None, padding="same", groups=frame.shape[1],
+            branches.append(dynamic_conv(*same_dtype(frame, weight), None, padding="same", groups=frame.shape[1],
                                          padding_mode=self.padding_mode))  # (B, C, H, W)
         stacked = torch.stack(branches, dim=1)  # (B, S, C, H, W)
         return reduce(stacked * rearrange(weights, "b s -> b s 1 1 1"), "b s c h w -> b c h w", "sum")

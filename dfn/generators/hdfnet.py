@@ -33,9 +33,9 @@ from einops import rearrange, reduce
 from torch import nn
 
 from dfn.generators.base import FilterGenerator, Mode
-from dfn.ops import PaddingMode
 from dfn.generators.initialisation import IDENTITY_WEIGHT_SCALE, centre_tap, he_uniform_, identity_logit
-from dfn.ops import local_filter
+from dfn.layers import same_dtype
+from dfn.ops import PaddingMode, local_filter
 
 
 class MultiDilationFiltering(nn.Module):
@@ -60,8 +60,9 @@ class MultiDilationFiltering(nn.Module):
         if self.softmax:
             kernels = torch.softmax(kernels, dim=3)  # over the window: each branch is a convex combination
         weights = torch.softmax(branch_logits, dim=1)  # (B, D, H, W): convex weights over the branches
-        branches = torch.stack([local_filter(frame, kernels[:, i], dilation=d, padding_mode=self.padding_mode)  # (B, C, H, W) each
-                                for i, d in enumerate(self.dilations)], dim=1)  # (B, D, C, H, W)
+        branches = torch.stack([  # one (B, C, H, W) per dilation -> (B, D, C, H, W)
+            local_filter(*same_dtype(frame, kernels[:, i]), dilation=d, padding_mode=self.padding_mode)
+            for i, d in enumerate(self.dilations)], dim=1)
         return reduce(branches * rearrange(weights, "b d h w -> b d 1 h w"), "b d c h w -> b c h w", "sum")
 
 
