@@ -3,7 +3,7 @@
 #
 # Stages (default: env tests ops train paper; `compare` only when named):
 #   env      nvidia-smi, torch/triton/lightning versions                       -> env.log
-#   tests    CUDA/Triton operator tests (pytest -k "cuda or triton")           -> tests.log
+#   tests    CUDA/Triton operator tests (pytest -k "cuda", DFN_TESTS_K)         -> tests.log
 #   ops      python -m dfn.bench ops --device cuda --json                      -> bench_ops.jsonl
 #   train    python -m dfn.bench train on the paper's Moving MNIST config: fp32, bf16-mixed, compiled
 #            (default mode, fp32) and compiled with CUDA graphs (reduce-overhead, bf16-mixed)
@@ -78,7 +78,7 @@ EOF
 }
 tests_stage() {
   local files; files=$(ls tests/test_ops*.py 2>/dev/null)
-  $PY -m pytest -q -p no:cacheprovider $files -k "cuda or triton" -rs
+  $PY -m pytest -q -p no:cacheprovider $files -k "${DFN_TESTS_K:-cuda}" -rs
   local rc=$?
   [ $rc = 5 ] && { echo "no CUDA/Triton tests selected"; return 0; }  # pytest: nothing collected
   return $rc
