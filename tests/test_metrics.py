@@ -57,7 +57,8 @@ def test_ssim_of_flat_frames_is_the_luminance_term_by_hand():
     s = frame_scores(p, y)
     for name, data_range, tolerance in (("ssim", 1.0, 1e-4), ("ssim_openstl", 2.0, 1e-12)):  # ssim: float32
         c1 = (0.01 * data_range) ** 2
-        expected = (2 * 0.2 * 0.6 + c1) / (0.2**2 + 0.6**2 + c1)
+        mx, my = float(p.flatten()[0]), float(y.flatten()[0])  # 0.2 and 0.6 as stored in float32
+        expected = (2 * mx * my + c1) / (mx**2 + my**2 + c1)
         assert s[name].item() == pytest.approx(expected, abs=tolerance), name
 
 
