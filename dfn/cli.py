@@ -169,12 +169,19 @@ class DFNCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         choose_wandb_mode()
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        if config.get("ckpt_path") and config["ckpt_path"] not in ("last", "best", "hpc", "registry"):
-            checkpoint = resolve_checkpoint(config["ckpt_path"])  # a run directory -> its latest checkpoint
+
+    def _parse_ckpt_path(self) -> None:
+        """``--ckpt_path``: a file or a run directory (its latest complete checkpoint), checked before
+        Lightning reads the model's hyperparameters from it; ``fit`` continues the checkpoint's run."""
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else None
+        if config is not None and config.get("ckpt_path") and config["ckpt_path"] not in ("last", "best", "hpc",
+                                                                                          "registry"):
+            checkpoint = resolve_checkpoint(config["ckpt_path"])
             config["ckpt_path"] = str(checkpoint)
-            if self.subcommand == "fit":
+            if subcommand == "fit":
                 self._continue_run(config, checkpoint)
+        super()._parse_ckpt_path()
 
     @staticmethod
     def _continue_run(config, checkpoint: Path) -> None:
