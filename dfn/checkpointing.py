@@ -124,9 +124,12 @@ class RunGuard(L.Callback):
         self._rng_to_load: dict[str, Any] | None = None
         self._last_write = time.monotonic()
         self._last_saved_step: int | None = None
+        self._trainer: L.Trainer | None = None
+        self._hook = None
 
     # ---- atomic writes, RNG state -------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # leave a user's own plugin alone
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
 
@@ -192,8 +195,26 @@ class RunGuard(L.Callback):
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore_handlers()
+        self._remove_hook()
 
-    # ---- the checks after every step ----------------------------------------------------------------
+    # ---- the checks in every step -------------------------------------------------------------------
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Diverged weights give NaN predictions before they give a NaN loss, and BCE raises an opaque
+        # "all elements of input should be between 0 and 1" on them: check the training forward's output.
+        self._hook = pl_module.register_forward_hook(self._check_output)
+
+    def _check_output(self, module: L.LightningModule, args: Any, output: Any) -> None:
+        if module.training and isinstance(output, torch.Tensor) and self._trainer is not None:
+            self._check(self._trainer, bool(torch.isfinite(output).all()), "predictions", None)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._remove_hook()
+
+    def _remove_hook(self) -> None:
+        if getattr(self, "_hook", None) is not None:
+            self._hook.remove()
+            self._hook = None
+
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
         """A NaN/inf gradient (which a NaN/inf loss always gives) stops the run before the update."""
         grads = [torch.isfinite(p.grad).all() for p in pl_module.parameters() if p.grad is not None]

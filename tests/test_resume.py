@@ -3,6 +3,7 @@ non-finite losses stop the run; corrupt checkpoints are named. Through the real 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -83,6 +84,7 @@ def outcome(cwd: Path) -> dict:
     summary = json.loads((run / "summary.json").read_text())
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     return {"global_step": summary["global_step"], "best": Path(summary["checkpoint"]).name,
+            "files": sorted(p.name for p in (run / "checkpoints").iterdir()),  # top-k bookkeeping kept
             "test": {k: v for k, v in summary.items() if k.startswith("test/")},
             "weights": last["state_dict"], "optimizer": last["optimizer_states"], "schedulers": last["lr_schedulers"]}
 
@@ -148,8 +150,50 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
                   "--guard.every_n_train_steps", "1"], tmp_path)
     assert proc.returncode == 1, proc.stderr[-3000:]
     message = proc.stderr.strip().splitlines()[-1]
-    assert "non-finite training loss or gradient at step" in message and "last good checkpoint" in message, message
+    assert "non-finite training predictions at step" in message and "last good checkpoint" in message, message
     step = int(message.split("at step ")[1].split()[0])
     last = torch.load(run_dir(tmp_path) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["global_step"] == step - 1  # the step before the bad one
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
+
+
+def test_rng_states_are_saved_and_restored():
+    import random
+
+    import numpy as np
+
+    from dfn.checkpointing import RunGuard
+
+    guard = RunGuard()
+    torch.manual_seed(1), np.random.seed(2), random.seed(3)
+    buffer = io.BytesIO()
+    torch.save(guard.state_dict(), buffer)  # as in a checkpoint, which Lightning loads with weights_only=True
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(9), np.random.seed(9), random.seed(9)
+    fresh = RunGuard()
+    fresh.load_state_dict(state)
+    fresh._handlers = {}
+    fresh.on_train_start(trainer=None, pl_module=None)  # applied right before the next training batch
+    fresh._restore_handlers()
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
+
+
+def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
+    """A writer killed before it finishes leaves the previous complete file, never a truncated one."""
+    from dfn.checkpointing import AtomicCheckpointIO, checkpoint_problem
+
+    io_ = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io_.save_checkpoint({"step": 1, "w": torch.ones(1000)}, path)
+
+    def killed(*args):
+        raise KeyboardInterrupt("killed before the rename")
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        io_.save_checkpoint({"step": 2, "w": torch.zeros(1000)}, path)
+    assert checkpoint_problem(path) is None
+    assert torch.load(path, weights_only=True)["step"] == 1
