@@ -102,22 +102,23 @@ def test_uninterrupted_run_is_complete(uninterrupted):
 
 
 def test_stopped_killed_and_resumed_equals_uninterrupted(uninterrupted, tmp_path):
-    """SIGTERM at step 3 (epoch 0, batch 3): checkpoint there, exit naming the resume command. That
-    command resumes; SIGKILL at step 7 (epoch 1, batch 2) leaves the periodic checkpoint of step 6;
-    resuming again gives exactly the uninterrupted run, in one run directory and one wandb run."""
-    stopped = train(["fit", *ARGS, *killer(3, "SIGTERM")], tmp_path)
+    """SIGTERM at step 6 (epoch 1, batch 1; after a best checkpoint): checkpoint there, exit naming the
+    resume command. That command resumes; SIGKILL at step 9 (epoch 1, batch 4) leaves the periodic
+    checkpoint of step 8; resuming again gives exactly the uninterrupted run, in one run directory and
+    one wandb run, with the same checkpoint files (the best score and top-k list survived)."""
+    stopped = train(["fit", *ARGS, *killer(6, "SIGTERM")], tmp_path)
     run = run_dir(tmp_path)
     last = run / "checkpoints" / "last.ckpt"
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
     config = Path("runs") / "dfn" / run.name / "config.yaml"
     command = f"python train.py fit --config {config} --ckpt_path {config.parent}"
-    assert "SIGTERM at step 3" in stopped.stderr and command in stopped.stderr, stopped.stderr[-2000:]
-    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 3
+    assert "SIGTERM at step 6" in stopped.stderr and command in stopped.stderr, stopped.stderr[-2000:]
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 6
 
-    killed = train(["fit", "--config", str(config), "--ckpt_path", str(config.parent), *killer(7, "SIGKILL")], tmp_path)
+    killed = train(["fit", "--config", str(config), "--ckpt_path", str(config.parent), *killer(9, "SIGKILL")], tmp_path)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert f"resuming run {run}" in killed.stdout
-    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 6  # every 2 steps
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 8  # every 2 steps
     assert not (run / "summary.json").exists()  # it never got to test
 
     resumed = ok(train(["fit", *ARGS, "--ckpt_path", str(run)], tmp_path))
@@ -129,19 +130,25 @@ def test_stopped_killed_and_resumed_equals_uninterrupted(uninterrupted, tmp_path
     tensors_equal(outcome(tmp_path), uninterrupted[1])  # bit for bit: step, test metrics, weights, optimiser
 
 
-def test_corrupt_checkpoint_is_named(uninterrupted, tmp_path):
+def test_corrupt_checkpoint_is_named(uninterrupted, tmp_path, monkeypatch, capsys):
+    from dfn.checkpointing import resolve_checkpoint
+    from dfn.cli import main
+
     cwd, _ = uninterrupted
     source = run_dir(cwd) / "checkpoints" / "last.ckpt"
     broken = tmp_path / "checkpoints" / "last.ckpt"
     broken.parent.mkdir()
     broken.write_bytes(source.read_bytes()[: source.stat().st_size // 2])  # a write cut off half way
     (tmp_path / "checkpoints" / "best.ckpt").write_bytes(source.read_bytes())
-    proc = train(["fit", *ARGS, "--ckpt_path", str(broken)], tmp_path / "cwd")
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    message = proc.stderr.strip().splitlines()[-1]
-    assert f"checkpoint {broken} is unreadable or corrupt" in message and "best.ckpt" in message, message
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:  # the CLI in this process: the error comes before any training
+        main(["fit", *ARGS, "--ckpt_path", str(broken)])
+    assert stop.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message == (f"dfn: checkpoint {broken} is unreadable or corrupt (BadZipFile: File is not a zip file); "
+                       f"the other complete checkpoints in {broken.parent} are: best.ckpt"), message
     # a run directory falls back to the newest complete checkpoint
-    from dfn.checkpointing import resolve_checkpoint
     assert resolve_checkpoint(str(tmp_path)) == tmp_path / "checkpoints" / "best.ckpt"
 
 
