@@ -31,6 +31,17 @@ class SignalAtStep(L.Callback):
             os.kill(os.getpid(), getattr(signal, self.signal))
 
 
+class RaiseAtStep(L.Callback):
+    """Test-only: a crash (an exception) after training step `step`."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"test crash at step {self.step}")
+
+
 def killer(step: int, sig: str) -> list[str]:
     return ["--trainer.callbacks+", json.dumps({"class_path": "test_resume.SignalAtStep",
                                                 "init_args": {"step": step, "signal": sig}})]
@@ -162,6 +173,14 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     last = torch.load(run_dir(tmp_path) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["global_step"] == step - 1  # the step before the bad one
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
+
+
+def test_a_crash_leaves_a_checkpoint(tmp_path):
+    crash = ["--trainer.callbacks+", json.dumps({"class_path": "test_resume.RaiseAtStep", "init_args": {"step": 3}})]
+    proc = train(["fit", *ARGS, "--trainer.max_epochs", "1", "--guard.every_n_train_steps", "null", *crash], tmp_path)
+    assert proc.returncode == 1 and "test crash at step 3" in proc.stderr, proc.stderr[-3000:]
+    last = run_dir(tmp_path) / "checkpoints" / "last.ckpt"  # no periodic or validation save came before
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 3
 
 
 def test_rng_states_are_saved_and_restored():
