@@ -136,6 +136,9 @@ class RunGuard(L.Callback):
     def state_dict(self) -> dict[str, Any]:
         return {"rng": rng_states()}
 
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._last_saved_step = int(checkpoint["global_step"])  # any checkpoint: ours or ModelCheckpoint's
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._rng_to_load = state_dict.get("rng")  # applied at on_train_start, right before the next batch
 
@@ -246,7 +249,7 @@ class RunGuard(L.Callback):
             return
         path = last_checkpoint_path(trainer)
         kept = (f"the last good checkpoint is {path} (step {self._last_saved_step})" if self._last_saved_step is not None
-                else f"last checkpoint: {path}" if path.is_file() else "no checkpoint was written yet")
+                else f"the last good checkpoint is {path}" if path.is_file() else "no checkpoint was written yet")
         value = f" (loss {float(loss):g})" if isinstance(loss, torch.Tensor) and loss.numel() == 1 else ""
         raise NonFiniteLoss(f"dfn: non-finite training {what}{value} at step {trainer.global_step + 1} (epoch "
                             f"{trainer.current_epoch}, batch {trainer.fit_loop.epoch_loop.batch_progress.current.ready}); "
@@ -259,11 +262,12 @@ class RunGuard(L.Callback):
                 callback.last_model_path = str(path.parent / (callback.CHECKPOINT_NAME_LAST + callback.FILE_EXTENSION))
         trainer.save_checkpoint(path)
         self._last_write = time.monotonic()
-        self._last_saved_step = trainer.global_step
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         """An exception that kills training still leaves a checkpoint of the last completed step."""
-        if isinstance(exception, (NonFiniteLoss, RunInterrupted)) or not self.save_on_exception:
+        # Not after a NaN (garbage weights), a signal (already saved) or a second Ctrl-C (stop at once).
+        if isinstance(exception, (NonFiniteLoss, RunInterrupted, KeyboardInterrupt, SystemExit)) \
+                or not self.save_on_exception:
             return
         if not trainer.training or trainer.global_step == 0 or trainer.global_step == self._last_saved_step:
             return
