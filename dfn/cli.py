@@ -2,8 +2,10 @@
 
 ``python train.py fit --config experiments/moving_mnist/dfn.yaml`` trains, then tests the best checkpoint
 (by ``val/loss``) on the test set and prints a one-line summary. ``predict --ckpt_path ...`` writes GIFs
-and ``.npy`` predictions. Every run logs to wandb: online when the user is logged in and the server is
-reachable (or ``WANDB_MODE=online``), otherwise offline under the run directory, never prompting.
+and ``.npy`` predictions. Every run logs to wandb: as the user chose (``WANDB_MODE``, ``WANDB_DISABLED``,
+``wandb offline``), else online when the server accepts the configured key, else offline, never
+prompting. ``fit --ckpt_path <run dir>`` continues that run (same directory, wandb id, data position;
+see ``dfn/checkpointing.py``).
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from torch.utils.flop_counter import FlopCounterMode
 
-from dfn.checkpointing import CheckpointError, NonFiniteLoss, RunGuard, RunInterrupted, resolve_checkpoint, run_of_checkpoint
 from dfn.callbacks import FilterFlowGIFs, HorizonTables, PredictionFiles, PredictionGIFs, run_dir, write_json
+from dfn.checkpoint_files import CheckpointError, resolve_checkpoint, run_of_checkpoint
+from dfn.checkpointing import NonFiniteLoss, RunGuard, RunInterrupted
 from dfn.module import VideoPrediction
 
 

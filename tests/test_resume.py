@@ -142,7 +142,7 @@ def test_stopped_killed_and_resumed_equals_uninterrupted(uninterrupted, tmp_path
 
 
 def test_corrupt_checkpoint_is_named(uninterrupted, tmp_path, monkeypatch, capsys):
-    from dfn.checkpointing import resolve_checkpoint
+    from dfn.checkpoint_files import resolve_checkpoint
     from dfn.cli import main
 
     cwd, _ = uninterrupted
@@ -209,7 +209,7 @@ def test_rng_states_are_saved_and_restored():
 
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     """A writer killed before it finishes leaves the previous complete file, never a truncated one."""
-    from dfn.checkpointing import AtomicCheckpointIO, checkpoint_problem
+    from dfn.checkpoint_files import AtomicCheckpointIO, checkpoint_problem
 
     io_ = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"
