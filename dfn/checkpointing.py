@@ -101,6 +101,7 @@ class RunGuard(L.Callback):
         self._last_saved_step: int | None = None
         self._trainer: L.Trainer | None = None
         self._hook = None
+        self._due_at_epoch_end = self._stop_at_epoch_end = False
 
     # ---- atomic writes, RNG state -------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -210,12 +211,30 @@ class RunGuard(L.Callback):
             due = True
         if trainer.world_size > 1:
             due = trainer.strategy.broadcast(due, src=0)  # rank 0's clock decides for all
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            # Lightning resumes a checkpoint taken after an epoch's last batch *without* that epoch's
+            # validation; wait for it (ModelCheckpoint writes last.ckpt then) and act at the epoch's end.
+            self._due_at_epoch_end = self._due_at_epoch_end or due or stop
+            self._stop_at_epoch_end = self._stop_at_epoch_end or stop
+            return
         if stop or due:
             self._save(trainer)
         if stop:
-            name = signal.Signals(self._signal or signal.SIGTERM).name
-            raise RunInterrupted(f"dfn: {name} at step {trainer.global_step}: saved {last_checkpoint_path(trainer)}; "
-                                 f"resume with: {resume_command(trainer)}", self._signal or signal.SIGTERM)
+            self._stop(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._due_at_epoch_end:
+            return
+        self._due_at_epoch_end = False
+        if self._last_saved_step != trainer.global_step:  # no validation checkpoint was written
+            self._save(trainer)
+        if self._stop_at_epoch_end:
+            self._stop(trainer)
+
+    def _stop(self, trainer: L.Trainer) -> None:
+        signum = self._signal or signal.SIGTERM
+        raise RunInterrupted(f"dfn: {signal.Signals(signum).name} at step {trainer.global_step}: saved "
+                             f"{last_checkpoint_path(trainer)}; resume with: {resume_command(trainer)}", signum)
 
     def _check(self, trainer: L.Trainer, finite: bool, what: str, loss: Any) -> None:
         if trainer.world_size > 1:

@@ -96,6 +96,7 @@ def outcome(cwd: Path) -> dict:
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     return {"global_step": summary["global_step"], "best": Path(summary["checkpoint"]).name,
             "files": sorted(p.name for p in (run / "checkpoints").iterdir()),  # top-k bookkeeping kept
+            "gifs": sorted(p.name for p in (run / "gifs").iterdir()),  # every validation ran
             "test": {k: v for k, v in summary.items() if k.startswith("test/")},
             "weights": last["state_dict"], "optimizer": last["optimizer_states"], "schedulers": last["lr_schedulers"]}
 
@@ -113,18 +114,22 @@ def test_uninterrupted_run_is_complete(uninterrupted):
 
 
 def test_stopped_killed_and_resumed_equals_uninterrupted(uninterrupted, tmp_path):
-    """SIGTERM at step 6 (epoch 1, batch 1; after a best checkpoint): checkpoint there, exit naming the
-    resume command. That command resumes; SIGKILL at step 9 (epoch 1, batch 4) leaves the periodic
-    checkpoint of step 8; resuming again gives exactly the uninterrupted run, in one run directory and
-    one wandb run, with the same checkpoint files (the best score and top-k list survived)."""
-    stopped = train(["fit", *ARGS, *killer(6, "SIGTERM")], tmp_path)
-    run = run_dir(tmp_path)
-    last = run / "checkpoints" / "last.ckpt"
-    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
-    config = Path("runs") / "dfn" / run.name / "config.yaml"
-    command = f"python train.py fit --config {config} --ckpt_path {config.parent}"
-    assert "SIGTERM at step 6" in stopped.stderr and command in stopped.stderr, stopped.stderr[-2000:]
-    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 6
+    """Four sessions of one run: SIGTERM at step 5 (the last batch of epoch 0: the stop waits for that
+    epoch's validation), then SIGTERM at step 7 (epoch 1, batch 2: checkpoint there), each exiting with
+    the resume command; SIGKILL at step 9 leaves the periodic checkpoint of step 8; the last session
+    gives exactly the uninterrupted run, in one run directory and one wandb run, with the same
+    checkpoint files (the best score and top-k list survived) and the same validation GIFs."""
+    config = None
+    for step, resumed_from in ((5, 5), (7, 7)):
+        start = ["--config", str(config), "--ckpt_path", str(config.parent)] if config else ARGS
+        stopped = train(["fit", *start, *killer(step, "SIGTERM")], tmp_path)
+        run = run_dir(tmp_path)
+        assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+        config = Path("runs") / "dfn" / run.name / "config.yaml"
+        command = f"python train.py fit --config {config} --ckpt_path {config.parent}"
+        assert f"SIGTERM at step {step}" in stopped.stderr and command in stopped.stderr, stopped.stderr[-2000:]
+        last = run / "checkpoints" / "last.ckpt"
+        assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == resumed_from
 
     killed = train(["fit", "--config", str(config), "--ckpt_path", str(config.parent), *killer(9, "SIGKILL")], tmp_path)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
@@ -136,7 +141,7 @@ def test_stopped_killed_and_resumed_equals_uninterrupted(uninterrupted, tmp_path
     assert f"resuming run {run}" in resumed.stdout
     assert run_dir(tmp_path) == run  # the same run directory ...
     wandb_runs = sorted((tmp_path / "runs" / "wandb").glob("offline-run-*"))
-    assert len(wandb_runs) == 3 and all(p.name.endswith(f"-{run.name}") for p in wandb_runs)  # ... and wandb id
+    assert len(wandb_runs) == 4 and all(p.name.endswith(f"-{run.name}") for p in wandb_runs)  # ... and wandb id
     assert all(list(p.glob(f"run-{run.name}.wandb")) for p in wandb_runs)
     tensors_equal(outcome(tmp_path), uninterrupted[1])  # bit for bit: step, test metrics, weights, optimiser
 
