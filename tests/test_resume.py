@@ -125,8 +125,10 @@ def test_stopped_killed_and_resumed_equals_uninterrupted(uninterrupted, tmp_path
         stopped = train(["fit", *start, *killer(step, "SIGTERM")], tmp_path)
         run = run_dir(tmp_path)
         assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
-        config = Path("runs") / "dfn" / run.name / "config.yaml"
-        command = f"python train.py fit --config {config} --ckpt_path {config.parent}"
+        # the first session names the run as the user did (save_dir "runs"), the resumed ones absolutely
+        where = run if config else Path("runs") / "dfn" / run.name
+        command = f"python train.py fit --config {where / 'config.yaml'} --ckpt_path {where}"
+        config = run / "config.yaml"
         assert f"SIGTERM at step {step}" in stopped.stderr and command in stopped.stderr, stopped.stderr[-2000:]
         last = run / "checkpoints" / "last.ckpt"
         assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == resumed_from
