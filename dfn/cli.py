@@ -2,16 +2,22 @@
 
 ``python train.py fit --config experiments/moving_mnist/dfn.yaml`` trains, then tests the best checkpoint
 (by ``val/loss``) on the test set and prints a one-line summary. ``predict --ckpt_path ...`` writes GIFs
-and ``.npy`` predictions. Every run logs to wandb: online when the user is logged in and the server is
-reachable (or ``WANDB_MODE=online``), otherwise offline under the run directory, never prompting.
+and ``.npy`` predictions. Every run logs to wandb: as the user chose (``WANDB_MODE``, ``WANDB_DISABLED``,
+``wandb offline``), else online when the server accepts the configured key, else offline, never
+prompting. ``fit --ckpt_path <run dir>`` continues that run (same directory, wandb id, data position;
+see ``dfn/checkpointing.py``).
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import netrc
 import os
-import socket
+import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -24,32 +30,80 @@ from lightning.pytorch.loggers import WandbLogger
 from torch.utils.flop_counter import FlopCounterMode
 
 from dfn.callbacks import FilterFlowGIFs, HorizonTables, PredictionFiles, PredictionGIFs, run_dir, write_json
+from dfn.checkpoint_files import CheckpointError, resolve_checkpoint, run_of_checkpoint
+from dfn.checkpointing import NonFiniteLoss, RunGuard, RunInterrupted
 from dfn.history import MetricsCSV
 from dfn.module import VideoPrediction
 from dfn.report import write_report
 from dfn.wandb_extras import ModelArtifacts, SequenceTable, WandbMetrics
 
 
-def choose_wandb_mode(timeout: float = 3.0) -> str:
-    """Pick wandb's mode without ever prompting: an explicit ``WANDB_MODE`` wins; otherwise online only
-    when an API key is configured and the server answers within `timeout` seconds."""
+def _user_wandb_mode() -> str | None:
+    """The mode a user chose outside this program: ``WANDB_MODE``, ``WANDB_DISABLED`` (which wandb itself
+    no longer reads), or ``wandb offline/online/disabled`` (wandb's workspace and global settings files)."""
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
-    server = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
-    host, port = server.hostname or "api.wandb.ai", server.port or 443
-    has_key = bool(os.environ.get("WANDB_API_KEY"))
-    if not has_key:
-        try:
-            has_key = netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None  # `wandb login`
-        except (OSError, netrc.NetrcParseError):
-            has_key = False
+    if os.environ.get("WANDB_DISABLED", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "disabled"
+    try:
+        return wandb.Settings().read_system_settings().all().get("mode") or None
+    except Exception:  # an unreadable settings file is wandb's to report, not ours
+        return None
+
+
+def _api_key(host: str) -> str | None:
+    """``WANDB_API_KEY``, else the key `wandb login` stored in ~/.netrc (or ``$NETRC``) for `host`."""
+    if os.environ.get("WANDB_API_KEY"):
+        return os.environ["WANDB_API_KEY"]
+    try:
+        entry = netrc.netrc(os.environ.get("NETRC")).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        return None
+    return entry[2] if entry else None
+
+
+def _key_verdict(base_url: str, key: str, timeout: float) -> str | None:
+    """None when the server accepts `key`, else why not (one short phrase). One bounded request."""
+    request = urllib.request.Request(
+        base_url.rstrip("/") + "/graphql", data=json.dumps({"query": "query { viewer { id } }"}).encode(),
+        headers={"Content-Type": "application/json",
+                 "Authorization": "Basic " + base64.b64encode(f"api:{key}".encode()).decode()})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            answer = json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        return f"the server rejected the API key (HTTP {err.code})" if err.code in (401, 403) else f"HTTP {err.code}"
+    except (OSError, ValueError) as err:  # refused, timed out, not JSON
+        return f"no answer ({type(err).__name__})"
+    if not (answer.get("data") or {}).get("viewer"):
+        return "the server did not accept the API key"
+    return None
+
+
+def choose_wandb_mode(timeout: float = 3.0) -> str:
+    """Pick wandb's mode without ever prompting, blocking or overriding the user (issue 10).
+
+    The user's choice wins and is left as it is (``WANDB_MODE``, ``WANDB_DISABLED``, ``wandb offline``).
+    Otherwise: online only when an API key is configured and the server accepts it within `timeout`
+    seconds; a rejected key or a silent server gives offline with a one-line warning. Sets
+    ``WANDB_MODE`` only in that last case (to the mode it picked).
+    """
+    chosen = _user_wandb_mode()
+    if chosen:
+        if chosen == "disabled" and not os.environ.get("WANDB_MODE"):
+            os.environ["WANDB_MODE"] = "disabled"  # WANDB_DISABLED: wandb 0.31 ignores the variable itself
+        return chosen
+    base_url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    host = urlparse(base_url).hostname or "api.wandb.ai"
+    key = _api_key(host)
     mode = "offline"
-    if has_key:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
+    if key:
+        problem = _key_verdict(base_url, key, timeout)
+        if problem is None:
             mode = "online"
-        except OSError:
-            pass
+        else:
+            print(f"dfn: wandb logs offline: {base_url}: {problem} (`wandb sync` uploads the run later)",
+                  file=sys.stderr)
     os.environ["WANDB_MODE"] = mode
     return mode
 
@@ -107,7 +161,7 @@ class DFNCLI(LightningCLI):
         parser.set_defaults({
             "checkpoint.monitor": "val/loss",  # model selection on validation only, never on test
             "checkpoint.mode": "min",
-            "checkpoint.save_last": True,  # `fit --ckpt_path <run>/checkpoints/last.ckpt` resumes
+            "checkpoint.save_last": True,  # `fit --ckpt_path <run dir>` resumes from last.ckpt (issue 10)
             "checkpoint.filename": "best-{epoch:03d}-{step}",
             "checkpoint.auto_insert_metric_name": False,
         })
@@ -117,6 +171,7 @@ class DFNCLI(LightningCLI):
         parser.add_lightning_class_args(HorizonTables, "horizon_tables")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(IterationTimer, "timer")
+        parser.add_lightning_class_args(RunGuard, "guard")  # periodic/on-signal last.ckpt, NaN stop (issue 10)
         parser.add_lightning_class_args(MetricsCSV, "metrics_csv")
         parser.add_lightning_class_args(WandbMetrics, "wandb_metrics")
         parser.add_lightning_class_args(SequenceTable, "sequence_table")
@@ -124,6 +179,41 @@ class DFNCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         choose_wandb_mode()
+
+    def _parse_ckpt_path(self) -> None:
+        """``--ckpt_path``: a file or a run directory (its latest complete checkpoint), checked before
+        Lightning reads the model's hyperparameters from it; ``fit`` continues the checkpoint's run."""
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else None
+        if config is not None and config.get("ckpt_path") and config["ckpt_path"] not in ("last", "best", "hpc",
+                                                                                          "registry"):
+            checkpoint = resolve_checkpoint(config["ckpt_path"])
+            config["ckpt_path"] = str(checkpoint)
+            if subcommand == "fit":
+                self._continue_run(config, checkpoint)
+        super()._parse_ckpt_path()
+
+    @staticmethod
+    def _continue_run(config, checkpoint: Path) -> None:
+        """Resuming is the same run: the checkpoint's run directory and wandb run id (issue 10).
+
+        The run directory is ``<save_dir>/<project>/<wandb id>``; giving WandbLogger that id with
+        ``resume="allow"`` makes Lightning derive the same directory (so ModelCheckpoint restores its best
+        score and top-k list) and makes wandb continue the run (online; offline it writes another
+        ``offline-run-*`` folder with the same id, which ``wandb sync`` uploads into the same run).
+        """
+        run = run_of_checkpoint(checkpoint)
+        logger = config["trainer"].get("logger")
+        wandb_logger = (getattr(logger, "class_path", "") or "").endswith("WandbLogger")
+        if run is None or not wandb_logger or config["checkpoint"].get("dirpath"):
+            print(f"dfn: resuming from {checkpoint} in a new run directory (it is not in a <run>/checkpoints/ "
+                  f"folder of a wandb-logged run, or checkpoint.dirpath is set)")
+            return
+        logger.init_args.id = run.name
+        logger.init_args.resume = "allow"
+        logger.init_args.save_dir = str(run.parent.parent)
+        logger.init_args.project = run.parent.name
+        print(f"dfn: resuming run {run} from {checkpoint.name}")
 
     def _callback(self, kind: type) -> L.Callback | None:
         return next((c for c in self.trainer.callbacks if isinstance(c, kind)), None)
@@ -186,7 +276,24 @@ class DFNCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None, run: bool = True) -> DFNCLI:
-    """The CLI; with ``run=False`` only parse and instantiate (for tests and notebooks)."""
+    """The CLI; with ``run=False`` only parse and instantiate (for tests and notebooks).
+
+    A run stopped by a signal (checkpoint written) or by a non-finite loss exits with one message
+    (exit status 128 + signal number, or 1) instead of a stack trace.
+    """
+    try:
+        return _main(args, run)
+    except (RunInterrupted, NonFiniteLoss) as stop:
+        if wandb.run is not None:
+            wandb.finish(exit_code=1)  # write the run out (offline: runs/wandb/offline-run-*)
+        print(stop, file=sys.stderr)
+        sys.exit(128 + int(stop.signum) if isinstance(stop, RunInterrupted) else 1)
+    except CheckpointError as err:
+        print(f"dfn: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _main(args: list[str] | None, run: bool) -> DFNCLI:
     cli = DFNCLI(
         VideoPrediction,
         L.LightningDataModule,

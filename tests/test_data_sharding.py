@@ -88,3 +88,62 @@ def test_lightning_trainer_epochs_and_stream():
     assert epochs == [0, 0, 0, 1, 1, 1]
     sums = [s for _, s in probe.seen]
     assert len(set(sums)) == 6
+
+
+def _tiny_mnist(**kw):
+    args = dict(frames_in=2, frames_out=1, image_size=32, batch_size=4, train_batches_per_epoch=5, val_size=4,
+                test_size=4)
+    args.update(kw)
+    return MovingMNIST(**args)
+
+
+@pytest.mark.parametrize("make", [_tiny_mnist, lambda **kw: SyntheticHighway(
+    frames_in=2, frames_out=1, image_size=32, batch_size=kw.get("batch_size", 4), train_batches_per_epoch=5,
+    val_size=4, test_size=4, num_workers=kw.get("num_workers", 0))])
+def test_training_stream_same_for_any_workers_and_devices(make):
+    """Issue 10: the global batch sequence does not depend on num_workers or on the number of devices
+    (at the same global batch size)."""
+    reference = list(make().train_dataloader())
+    assert len(reference) == 5 and len({float(b.sum()) for b in reference}) == 5
+    workers = list(make(num_workers=2).train_dataloader())
+    assert len(workers) == 5 and all(torch.equal(a, b) for a, b in zip(reference, workers))
+    halves = []
+    for rank in range(2):  # two devices with half the batch each: side by side, the same global batches
+        dm = make(batch_size=2)
+        dm.trainer = SimpleNamespace(world_size=2, global_rank=rank, current_epoch=0)
+        halves.append(list(dm.train_dataloader()))
+    assert all(torch.equal(torch.cat([a, b]), ref) for a, b, ref in zip(*halves, reference))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_stream_resumes_mid_epoch_without_replaying(num_workers):
+    dm = _tiny_mnist(num_workers=num_workers)
+    loader = dm.train_dataloader()
+    epoch0, epoch1 = list(loader), list(loader)
+    resumed = _tiny_mnist(num_workers=num_workers).train_dataloader()
+    resumed.load_state_dict({"epoch": 1, "batch": 2})  # two batches of epoch 1 were trained on
+    rest = list(resumed)
+    assert len(rest) == 3 and all(torch.equal(a, b) for a, b in zip(rest, epoch1[2:]))
+    assert not torch.equal(rest[0], epoch0[2])
+    assert len(list(resumed)) == 5  # the pass after is a whole epoch again
+    finished = _tiny_mnist().train_dataloader()
+    finished.load_state_dict({"epoch": 0, "batch": 5})  # saved at the end of epoch 0: next is epoch 1
+    assert all(torch.equal(a, b) for a, b in zip(list(finished), epoch1))
+
+
+def test_map_style_loader_resumes_mid_epoch():
+    from dfn.data.common import ClipDataModule, ShuffledLoader
+
+    data = torch.arange(40.0).reshape(20, 2)
+    dm = ClipDataModule(1, 1, 1, 8, batch_size=3, num_workers=0, seed=0)
+    full = list(dm._shuffled_loader(data))
+    loader = dm._shuffled_loader(data)
+    assert isinstance(loader, ShuffledLoader)
+    epochs = [list(loader), list(loader)]
+    assert all(torch.equal(a, b) for a, b in zip(full, epochs[0])) and not torch.equal(epochs[0][0], epochs[1][0])
+    resumed = dm._shuffled_loader(data)
+    resumed.load_state_dict({"epoch": 1, "batch": 4})
+    rest = list(resumed)
+    assert len(rest) == len(epochs[1]) - 4 and all(torch.equal(a, b) for a, b in zip(rest, epochs[1][4:]))
+    with pytest.raises(ValueError, match="outside this loader's 0..6 batches"):
+        resumed.load_state_dict({"epoch": 1, "batch": 9})

@@ -111,3 +111,33 @@ def test_bad_paths_and_arguments(tmp_path):
         VideoFolder(str(tmp_path), frames_in=0)
     with pytest.raises(ValueError, match="stride"):
         VideoFolder(str(tmp_path), stride=0)
+
+
+def test_every_bad_file_named_in_one_error_or_skipped(tmp_path):
+    """Issue 10: all unreadable, corrupt and too-short files in one message at setup, not one per run."""
+    for k in range(3):
+        write_mp4(tmp_path / f"good{k}.mp4", frames=12)
+    (tmp_path / "garbage.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
+    good = (tmp_path / "good0.mp4").read_bytes()
+    (tmp_path / "truncated.mp4").write_bytes(good[: len(good) // 3])
+    write_mp4(tmp_path / "short.mp4", frames=3)
+    with pytest.raises(ValueError) as err:
+        VideoFolder(str(tmp_path), frames_in=2, frames_out=2, image_size=24).setup("fit")
+    message = str(err.value)
+    assert "3 of the 6" in message and "skip_bad_files" in message
+    for name in ("garbage.mp4", "truncated.mp4", "short.mp4: video has 3 frames"):
+        assert name in message, message
+    assert "good" not in message
+    dm = VideoFolder(str(tmp_path), frames_in=2, frames_out=2, image_size=24, skip_bad_files=True)
+    with pytest.warns(UserWarning, match="skipping 3 of the 6"):
+        dm.setup("fit")
+    assert [p.name for p in dm.files] == ["good0.mp4", "good1.mp4", "good2.mp4"]
+    assert next(iter(dm.train_dataloader())).shape[1:] == (4, 1, 24, 24)
+
+
+def test_empty_validation_or_test_split_is_an_error(tmp_path):
+    path = write_mp4(tmp_path / "v.mp4", frames=30)
+    for split in ("val", "test"):
+        with pytest.raises(ValueError, match=f"{split}_fraction is 0, so there is no {split} split"):
+            fractions = {"val_fraction": 0.3, "test_fraction": 0.3, f"{split}_fraction": 0.0}
+            VideoFolder(str(path), frames_in=2, frames_out=2, **fractions).setup("fit")

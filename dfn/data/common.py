@@ -98,6 +98,7 @@ class ShuffledShard(Sampler[int]):
             raise ValueError(f"ShuffledShard: {n} training items cannot be split over {world_size} ranks")
         self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
         self.epoch = 0
+        self.start = 0  # items of this epoch's shard to skip (a resumed epoch; set by ShuffledLoader)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -105,57 +106,133 @@ class ShuffledShard(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         perm = seed_rng(self.seed, TAG_SHUFFLE, self.epoch).permutation(self.n)
         usable = self.world_size * (self.n // self.world_size)
-        return iter(perm[self.rank:usable:self.world_size].tolist())
+        return iter(perm[self.rank:usable:self.world_size][self.start:].tolist())
 
     def __len__(self) -> int:
         return self.n // self.world_size
 
 
 class InfiniteBatches(IterableDataset):
-    """An endless stream of ready-made batches from ``make_batch(rng, batch_size) -> Tensor``.
+    """An endless stream of batches built sample by sample from ``make_batch(rng, 1) -> Tensor``.
 
-    Yields float32 (B, T, C, H, W) tensors; the DataLoader must use ``batch_size=None``. Generating a
-    whole batch per call is what lets the generators vectorise. The rng of each pass is seeded by
-    ``(seed, epoch, rank, worker_id)``: change any of them and the stream changes; fix them all and
-    it repeats exactly.
+    Yields float32 (B, T, C, H, W) tensors; the DataLoader must use ``batch_size=None``. Sample ``j``
+    of rank ``r``'s batch ``i`` in epoch ``e`` is drawn from ``seed_rng(seed, TAG_TRAIN, e, i, r*B + j)``:
+    its place in the *global* batch ``i`` (all ranks' batches side by side). So the stream is a pure
+    function of (seed, epoch, batch index): the same with any number of workers (worker ``w`` of ``W``
+    makes batches ``start + w, start + w + W, ...``, which the DataLoader interleaves back in order), the
+    same global batches on any number of devices at the same global batch size (issue 10), and a
+    resumed run continues it from any batch without replaying one.
     """
 
     def __init__(self, make_batch: Callable[[np.random.Generator, int], torch.Tensor], batch_size: int,
                  seed: int, rank: int = 0) -> None:
         self.make_batch, self.batch_size, self.seed, self.rank = make_batch, batch_size, seed, rank
-        self.epoch = 0  # set by EpochStream before each pass; copied into workers when they start
+        # Set by EpochStream before each pass; copied into worker processes when they start.
+        self.epoch, self.start, self.stop = 0, 0, None
+
+    def batch(self, epoch: int, index: int) -> torch.Tensor:
+        """This rank's batch number ``index`` of ``epoch``: (B, T, C, H, W)."""
+        first = self.rank * self.batch_size  # this rank's first sample in the global batch
+        return torch.cat([self.make_batch(seed_rng(self.seed, TAG_TRAIN, epoch, index, first + j), 1)
+                          for j in range(self.batch_size)])
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         info = get_worker_info()
-        worker = 0 if info is None else info.id
-        rng = seed_rng(self.seed, TAG_TRAIN, self.epoch, self.rank, worker)
-        while True:
-            yield self.make_batch(rng, self.batch_size)
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        first = self.start + worker
+        indices = itertools.count(first, workers) if self.stop is None else range(first, self.stop, workers)
+        for index in indices:
+            yield self.batch(self.epoch, index)
 
 
-class EpochStream(DataLoader):
+class ResumablePosition:
+    """Mixin for a training DataLoader whose position can be saved and restored (issue 10).
+
+    Lightning saves ``state_dict()`` of every training loader that has one in each checkpoint (under
+    ``loops.fit_loop.state_dict.combined_loader``) and hands it back to ``load_state_dict`` on resume.
+    The state is the position of the next batch the trainer will train on, ``{"epoch", "batch"}``,
+    read from ``progress_fn() -> (batches trained this epoch, epoch finished)`` when the checkpoint is
+    written: the loader's own iterator runs ahead of the trainer (workers and Lightning's fetcher
+    prefetch). A restored loader's next pass starts exactly there, so a mid-epoch resume neither
+    replays nor skips a batch. Subclasses call :meth:`_next_pass` in ``__iter__``.
+    """
+
+    def _init_position(self, epoch_fn: Callable[[], int | None] | None,
+                       progress_fn: Callable[[], tuple[int, bool] | None] | None) -> None:
+        self.epoch_fn, self.progress_fn = epoch_fn, progress_fn
+        self._passes = 0  # epochs started without a trainer
+        self._epoch = 0  # epoch of the current pass
+        self._resume_at: tuple[int, int] | None = None
+
+    def _next_pass(self) -> tuple[int, int]:
+        """(epoch, first batch index) of the pass that starts now."""
+        epoch = self.epoch_fn() if self.epoch_fn is not None else None
+        epoch, start = (self._passes if epoch is None else epoch), 0
+        if self._resume_at is not None:
+            (epoch, start), self._resume_at = self._resume_at, None
+        self._epoch, self._passes = epoch, epoch + 1
+        return epoch, start
+
+    def state_dict(self) -> dict[str, int]:
+        """The next batch the trainer will train on: ``{"epoch": e, "batch": i}``."""
+        progress = self.progress_fn() if self.progress_fn is not None else None
+        if progress is None:
+            return {"epoch": self._passes, "batch": 0}
+        done, finished = progress
+        return {"epoch": self._epoch + 1, "batch": 0} if finished else {"epoch": self._epoch, "batch": int(done)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        epoch, batch, length = int(state["epoch"]), int(state["batch"]), len(self)
+        if epoch < 0 or not 0 <= batch <= length:
+            raise ValueError(f"{type(self).__name__}: the checkpoint's data position (epoch {epoch}, batch {batch}) "
+                             f"is outside this loader's 0..{length} batches per epoch -- was the batch size, "
+                             f"train_batches_per_epoch or the data changed since the checkpoint?")
+        self._resume_at = (epoch + 1, 0) if batch == length else (epoch, batch)
+
+
+class EpochStream(ResumablePosition, DataLoader):
     """DataLoader over an :class:`InfiniteBatches` that ends each pass after ``batches_per_epoch``.
 
-    Before every pass it stamps the epoch (from ``epoch_fn``, e.g. the trainer's current epoch, or
-    else a count of passes) into the dataset; worker processes are started per pass (no persistent
-    workers) so they receive the fresh epoch.
+    Before every pass it stamps the epoch (``epoch_fn()``, the trainer's epoch, or else a count of
+    passes) and the first batch index into the dataset; worker processes are started per pass (no
+    persistent workers) so they receive both. Resumable: see :class:`ResumablePosition`.
     """
 
     def __init__(self, dataset: InfiniteBatches, batches_per_epoch: int, num_workers: int,
-                 epoch_fn: Callable[[], int | None] | None = None) -> None:
+                 epoch_fn: Callable[[], int | None] | None = None,
+                 progress_fn: Callable[[], tuple[int, bool] | None] | None = None) -> None:
         super().__init__(dataset, batch_size=None, num_workers=num_workers, persistent_workers=False)
         self.batches_per_epoch = batches_per_epoch
-        self.epoch_fn = epoch_fn
-        self._passes = 0
+        self._init_position(epoch_fn, progress_fn)
 
     def __len__(self) -> int:
         return self.batches_per_epoch
 
     def __iter__(self):
-        epoch = self.epoch_fn() if self.epoch_fn is not None else None
-        self.dataset.epoch = self._passes if epoch is None else epoch
-        self._passes += 1
-        return itertools.islice(super().__iter__(), self.batches_per_epoch)
+        epoch, start = self._next_pass()
+        self.dataset.epoch, self.dataset.start, self.dataset.stop = epoch, start, self.batches_per_epoch
+        return super().__iter__()
+
+
+class ShuffledLoader(ResumablePosition, DataLoader):
+    """Training loader of a map-style set: batches of a :class:`ShuffledShard`, reshuffled every epoch.
+
+    The epoch is set on the sampler here, when the pass starts (Lightning's own ``set_epoch`` comes after
+    the first iterator of a resumed run is built). Resumable: see :class:`ResumablePosition`.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, sampler: ShuffledShard, num_workers: int,
+                 drop_last: bool, epoch_fn: Callable[[], int | None] | None = None,
+                 progress_fn: Callable[[], tuple[int, bool] | None] | None = None) -> None:
+        super().__init__(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                         drop_last=drop_last)
+        self._init_position(epoch_fn, progress_fn)
+
+    def __iter__(self):
+        epoch, start = self._next_pass()
+        self.sampler.set_epoch(epoch)
+        self.sampler.start = start * self.batch_size  # skip the batches already trained on
+        return super().__iter__()
 
 
 class ClipArray(Dataset):
@@ -215,16 +292,42 @@ class ClipDataModule(L.LightningDataModule):
         return int(trainer.world_size), int(trainer.global_rank)
 
     def current_epoch(self) -> int | None:
+        """The epoch the trainer is about to train (or training); None without a trainer.
+
+        ``fit_loop.epoch_progress.current.processed`` rather than ``trainer.current_epoch``: when a run
+        resumes from an end-of-epoch checkpoint, the loader is built before Lightning advances
+        ``current_epoch``, and the count of processed epochs is already right then.
+        """
         trainer = getattr(self, "trainer", None)
-        return None if trainer is None else int(trainer.current_epoch)
+        if trainer is None:
+            return None
+        loop = getattr(trainer, "fit_loop", None)
+        return int(trainer.current_epoch) if loop is None else int(loop.epoch_progress.current.processed)
+
+    def train_progress(self) -> tuple[int, bool] | None:
+        """(training batches finished in the current epoch, whether the epoch's training is over), read
+        from the trainer when a checkpoint is written; None without a trainer."""
+        loop = getattr(getattr(getattr(self, "trainer", None), "fit_loop", None), "epoch_loop", None)
+        if loop is None:
+            return None
+        done = int(loop.batch_progress.current.processed)
+        return done, done >= self.trainer.num_training_batches
+
+    def _stream(self, make_batch: Callable[[np.random.Generator, int], torch.Tensor], batches_per_epoch: int
+                ) -> EpochStream:
+        """The resumable training stream of a generated data set (see :class:`EpochStream`)."""
+        _, rank = self.rank_info()
+        stream = InfiniteBatches(make_batch, self.batch_size, self.seed, rank)
+        return EpochStream(stream, batches_per_epoch, self.num_workers, self.current_epoch, self.train_progress)
 
     def _shuffled_loader(self, dataset: Dataset) -> DataLoader:
         """Training loader of a map-style set: a rank-disjoint shard, reshuffled every epoch."""
         world, rank = self.rank_info()
         sampler = ShuffledShard(len(dataset), self.seed, rank, world)
         # Drop a ragged last batch, unless that would leave no batch at all (tiny footage).
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler,
-                          num_workers=self.num_workers, drop_last=len(sampler) >= self.batch_size)
+        return ShuffledLoader(dataset, self.batch_size, sampler, self.num_workers,
+                              drop_last=len(sampler) >= self.batch_size, epoch_fn=self.current_epoch,
+                              progress_fn=self.train_progress)
 
     def _eval_loader(self, dataset: Dataset | None, stage: str) -> DataLoader:
         if dataset is None:

@@ -130,9 +130,10 @@ class HighwayH5(ClipDataModule):
             cut = int(round(len(train) * (1 - self.val_fraction)))  # train: [0, cut), val: [cut, N)
             self.train_set = FrameWindows(train, list(range(0, cut - T + 1, self.stride)), T)
             self.val_set = FrameWindows(train, list(range(cut, len(train) - T + 1, self.eval_stride)), T)
-            if len(self.train_set) == 0 or (self.val_fraction > 0 and len(self.val_set) == 0):
+            if len(self.train_set) == 0 or len(self.val_set) == 0:  # never a silent "no validation" (issue 10)
                 raise ValueError(f"{self.train_file}: {len(train)} frames are too few for train and val clips of "
-                                 f"{T} frames with val_fraction={self.val_fraction}")
+                                 f"{T} frames with val_fraction={self.val_fraction} (validation needs "
+                                 f"val_fraction > 0: model selection)")
         if stage in (None, "test", "predict") and self.test_set is None:
             test = load_h5_frames(self.test_file, self.key)
             if test.shape[1:] != (self.image_size, self.image_size):

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .common import (TAG_TEST, TAG_VAL, ClipArray, ClipDataModule, EpochStream, InfiniteBatches, fixed_sequences,
+from .common import (TAG_TEST, TAG_VAL, ClipArray, ClipDataModule, fixed_sequences,
                      to_float_clips)
 
 LANE = 3.6              # lane width, metres
@@ -184,9 +184,7 @@ class SyntheticHighway(ClipDataModule):
     def train_dataloader(self) -> DataLoader:
         # functools.partial of a module-level function: picklable for 'spawn' worker processes too
         make_batch = partial(_float_batch, self.frames, self.image_size, self.curves, self.shake, self.num_cars)
-        _, rank = self.rank_info()
-        stream = InfiniteBatches(make_batch, self.batch_size, self.seed, rank)
-        return EpochStream(stream, self.train_batches_per_epoch, self.num_workers, self.current_epoch)
+        return self._stream(make_batch, self.train_batches_per_epoch)
 
 
 def _float_batch(frames: int, image_size: int, curves: bool, shake: bool, num_cars: int,

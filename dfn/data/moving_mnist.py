@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .common import (TAG_TEST, TAG_VAL, ClipArray, ClipDataModule, EpochStream, InfiniteBatches,
+from .common import (TAG_TEST, TAG_VAL, ClipArray, ClipDataModule,
                      fixed_sequences, to_float_clips)
 from .digits import download_mnist, load_embedded_digits, load_mnist_idx
 
@@ -242,9 +242,7 @@ class MovingMNIST(ClipDataModule):
     def train_dataloader(self) -> DataLoader:
         # functools.partial of a module-level function: picklable for 'spawn' worker processes too
         make_batch = partial(_float_batch, self.digit_sets()["train"], self.frames, self.num_digits, self.image_size)
-        _, rank = self.rank_info()
-        stream = InfiniteBatches(make_batch, self.batch_size, self.seed, rank)
-        return EpochStream(stream, self.train_batches_per_epoch, self.num_workers, self.current_epoch)
+        return self._stream(make_batch, self.train_batches_per_epoch)
 
 
 def _float_batch(pool: np.ndarray, frames: int, num_digits: int, image_size: int,

@@ -12,6 +12,7 @@ train | val | test segments and clips never cross a segment boundary.
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Literal
@@ -189,6 +190,9 @@ class VideoFolder(ClipDataModule):
     ``cache_mb`` bounds the per-process cache of decoded, resized files (0 = always seek; see
     :class:`VideoClips`). With ``num_workers > 0`` every worker has its own cache.
 
+    At setup every file is probed (opened, frames counted) and all unreadable, corrupt or too-short
+    files are named in one error; ``skip_bad_files=True`` warns about them and goes on without them.
+
     ``predict_path`` (file or folder), if given, is what ``predict`` runs on (all its clips, every
     ``stride`` frames); otherwise predict uses the first ``predict_size`` test clips.
     Batches: float32 (B, frames_in + frames_out, C, S, S) in [0, 1], C = 1 (gray) or 3 (rgb).
@@ -207,6 +211,7 @@ class VideoFolder(ClipDataModule):
         predict_path: str | None = None,
         predict_size: int = 32,
         cache_mb: int = 256,
+        skip_bad_files: bool = False,
         batch_size: int = 16,
         seed: int = 0,
         num_workers: int = 0,
@@ -230,9 +235,35 @@ class VideoFolder(ClipDataModule):
         if not isinstance(cache_mb, int) or cache_mb < 0:
             raise ValueError(f"VideoFolder: cache_mb must be an integer >= 0, got {cache_mb!r}")
         self.val_fraction, self.test_fraction, self.predict_size = val_fraction, test_fraction, predict_size
-        self.cache_mb = cache_mb
+        self.cache_mb, self.skip_bad_files = cache_mb, skip_bad_files
         self._frame_counts: dict[Path, int] = {}
         self.train_set: VideoClips | None = None
+
+    def _probe(self, files: list[Path], what: str) -> list[Path]:
+        """Count every file's frames once (issue 10: bad input up front). Returns the usable files; names
+        every unreadable, corrupt or too-short one in ONE error, or with ``skip_bad_files`` in a warning."""
+        problems: dict[Path, str] = {}
+        for p in files:
+            if p not in self._frame_counts:
+                try:
+                    self._frame_counts[p] = count_frames(p)  # decodes the file: once
+                except ValueError as err:
+                    problems[p] = str(err)
+                    continue
+            if self._frame_counts[p] < self.frames:
+                problems[p] = (f"{p}: video has {self._frame_counts[p]} frames, shorter than one clip "
+                               f"(frames_in + frames_out = {self.frames})")
+        if not problems:
+            return files
+        good = [p for p in files if p not in problems]
+        listing = "\n  ".join(problems.values())
+        if not self.skip_bad_files or not good:
+            hint = "" if not good else "\nFix or remove them, or set skip_bad_files: true to train without them."
+            raise ValueError(f"VideoFolder: {len(problems)} of the {len(files)} {what} files cannot be used:"
+                             f"\n  {listing}{hint}")
+        warnings.warn(f"VideoFolder: skipping {len(problems)} of the {len(files)} {what} files "
+                      f"(skip_bad_files):\n  {listing}", stacklevel=2)
+        return good
 
     def _counts(self, files: list[Path]) -> list[int]:
         for p in files:
@@ -268,7 +299,10 @@ class VideoFolder(ClipDataModule):
                 for split, (lo, hi) in (("train", (0, a)), ("val", (a, b)), ("test", (b, total))):
                     out[split] += [(f, s) for s in clip_starts(lo, hi, self.frames, self.stride)]
         for split, fraction in (("train", 1.0), ("val", self.val_fraction), ("test", self.test_fraction)):
-            if fraction > 0 and not out[split]:
+            if fraction == 0 and not out[split]:  # an empty split is an error, never a silent "no validation"
+                raise ValueError(f"{self.path}: {split}_fraction is 0, so there is no {split} split; training "
+                                 f"needs validation (model selection) and a test set -- use a fraction > 0")
+            if not out[split]:
                 raise ValueError(f"{self.path}: too short for a {split} split -- each split needs at least "
                                  f"{self.frames} consecutive frames (frames per file: {counts}); lower frames_in/"
                                  "frames_out, add footage, or change val_fraction/test_fraction")
@@ -279,6 +313,7 @@ class VideoFolder(ClipDataModule):
         if self.train_set is None and not only_predicting:
             if self.files is None:
                 raise ValueError(f"VideoFolder: stage {stage!r} needs `path` (videos to train/validate/test on)")
+            self.files = self._probe(self.files, "training/validation/test")
             splits = self.split_clips()
             counts = self._counts(self.files)
             make = lambda clips: VideoClips(self.files, counts, clips, self.frames, self.color,  # noqa: E731
@@ -286,6 +321,7 @@ class VideoFolder(ClipDataModule):
             self.train_set, self.val_set, self.test_set = make(splits["train"]), make(splits["val"]), make(splits["test"])
         if stage in (None, "predict") and self.predict_set is None:
             if self.predict_files is not None:
+                self.predict_files = self._probe(self.predict_files, "predict")
                 counts = self._counts(self.predict_files)
                 clips = [(f, s) for f, n in enumerate(counts) for s in clip_starts(0, n, self.frames, self.stride)]
                 self.predict_set = VideoClips(self.predict_files, counts, clips, self.frames, self.color,
