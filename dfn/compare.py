@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-METRICS = ("bce_per_frame", "mse_per_frame", "mae_per_frame", "ssim", "psnr")
+METRICS = ("bce_per_frame", "mse_per_frame", "mae_per_frame", "ssim", "ssim_openstl", "psnr")
 
 
 def shown_path(config: Path) -> str:

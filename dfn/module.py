@@ -77,6 +77,8 @@ class VideoPrediction(L.LightningModule):
         lr_decay_every: int = 20,  # paper: halve the learning rate every 20 epochs
         lr_decay: float = 0.5,
         bce_eps: float = 1e-7,
+        lr_schedule: Literal["step", "onecycle"] = "step",  # paper: step (halve every lr_decay_every epochs)
+        warmup_fraction: float = 0.1,  # onecycle only: fraction of the run spent warming up to lr
     ) -> None:
         super().__init__()
         if loss not in ("bce", "mse"):
@@ -84,6 +86,11 @@ class VideoPrediction(L.LightningModule):
         if frames_in < 1 or frames_out < 1:
             raise ValueError(f"frames_in and frames_out must be >= 1, got {frames_in} and {frames_out}")
         check_training_config(frames_in, buffer_len, lr, lr_decay_every, lr_decay, bce_eps)
+        if lr_schedule not in ("step", "onecycle"):
+            raise ValueError(f"lr_schedule must be 'step' or 'onecycle', got {lr_schedule!r}")
+        if not 0 < warmup_fraction < 1:
+            raise ValueError(f"warmup_fraction must be in (0, 1) (the share of the run spent warming up), "
+                             f"got {warmup_fraction!r}")
         self.save_hyperparameters()
         self.predictor = VideoPredictor(generator, channels=channels, buffer_len=buffer_len, encoder_width=encoder_width,
                                         hidden=hidden, decoder_width=decoder_width, features=features, layout=layout,
@@ -174,6 +181,13 @@ class VideoPrediction(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        if self.hparams.lr_schedule == "onecycle":
+            # Ours (issue 9, short CPU budgets): warm up to lr, then cosine-anneal towards zero over the
+            # whole run, per step; `lr` is the peak. The run's length is known from max_steps/max_epochs.
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=self.hparams.lr, total_steps=int(self.trainer.estimated_stepping_batches),
+                pct_start=self.hparams.warmup_fraction, cycle_momentum=False)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, self.hparams.lr_decay_every, self.hparams.lr_decay)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
