@@ -1,4 +1,4 @@
-"""``python -m dfn.bench {ops,data} ...`` — dispatch to the benchmark subcommands.
+"""``python -m dfn.bench {ops,data,anchors} ...`` — dispatch to the benchmark subcommands.
 
 Each subcommand module exposes ``add_arguments(parser)`` and ``main(args)``; modules are imported
 lazily so one missing or broken benchmark does not take the others down.
@@ -13,6 +13,7 @@ import sys
 SUBCOMMANDS = {
     "ops": ("dfn.bench.ops", "dynamic filtering operators: fast path vs reference"),
     "data": ("dfn.bench.data", "data pipeline throughput"),
+    "anchors": ("dfn.bench.anchors", "classical predictors (copy-last, Farneback flow) on a config's test clips"),
 }
 
 
