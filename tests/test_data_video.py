@@ -141,3 +141,93 @@ def test_empty_validation_or_test_split_is_an_error(tmp_path):
         with pytest.raises(ValueError, match=f"{split}_fraction is 0, so there is no {split} split"):
             fractions = {"val_fraction": 0.3, "test_fraction": 0.3, f"{split}_fraction": 0.0}
             VideoFolder(str(path), frames_in=2, frames_out=2, **fractions).setup("fit")
+
+
+# --- frame geometry: keep_aspect (issue 9) ---------------------------------------------------------
+
+def write_ramp_mp4(path, frames=20, h=48, w=64):
+    """A gray horizontal ramp 0 -> 255 across the full width: which columns survive shows the crop."""
+    ramp = np.round(np.linspace(0, 255, w)).astype(np.uint8)
+    iio.imwrite(path, np.tile(ramp[None, None, :, None], (frames, h, 1, 3)), fps=10, macro_block_size=1)
+    return path
+
+
+def test_aspect_size_hand_values():
+    from dfn.data.video import aspect_size
+    assert aspect_size(144, 176, 72) == (72, 88)      # carphone QCIF at half size: exact
+    assert aspect_size(272, 640, 72) == (72, 168)     # 169.4 -> 169 -> multiple of 4: 168
+    assert aspect_size(720, 1280, 64) == (64, 112)    # 113.8 -> 114 -> 112
+    assert aspect_size(1280, 720, 64) == (112, 64)    # portrait
+    assert aspect_size(48, 64, 30) == (28, 40)        # the short side is rounded down to a multiple of 4 too
+
+
+def test_keep_aspect_keeps_the_whole_width(tmp_path):
+    path = write_ramp_mp4(tmp_path / "ramp.mp4")
+    wide = VideoFolder(str(path), frames_in=2, frames_out=1, image_size=32, keep_aspect=True,
+                       val_fraction=0.2, test_fraction=0.2, batch_size=2)
+    square = VideoFolder(str(path), frames_in=2, frames_out=1, image_size=32,
+                         val_fraction=0.2, test_fraction=0.2, batch_size=2)
+    assert wide.frame_size() == (32, 40) and square.frame_size() == (32, 32)  # 64 * 32/48 = 42.7 -> 40
+    wide.setup("fit")
+    square.setup("fit")
+    assert next(iter(wide.train_dataloader())).shape == (2, 3, 1, 32, 40)
+    a, b = wide.test_set[0][0, 0].mean(0), square.test_set[0][0, 0].mean(0)  # column profiles
+    assert a.shape == (40,) and b.shape == (32,)
+    # 40 of 42.7 columns kept: the ramp nearly spans 0..1; the square crop keeps only the middle 32/42.7
+    assert a[0] < 0.06 and a[-1] > 0.94 and b[0] > 0.1 and b[-1] < 0.9
+    assert np.all(np.diff(a.numpy()) > 0)
+
+
+def test_square_default_unchanged_and_tuple_size_matches_independent_resize():
+    from dfn.data.video import frames_to_tensor
+    import torch.nn.functional as F
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (2, 48, 64), dtype=np.uint8)
+    x = torch.from_numpy(frames).float()[:, None] / 255  # (T, 1, 48, 64)
+    square = F.interpolate(x, size=(32, 43), mode="area")[..., :, 5:37]  # short side 48 -> 32, centre 32 of 43
+    assert torch.allclose(frames_to_tensor(frames, "gray", 32), square, atol=1e-6)
+    assert torch.equal(frames_to_tensor(frames, "gray", 32), frames_to_tensor(frames, "gray", (32, 32)))
+    wide = F.interpolate(x, size=(32, 43), mode="area")[..., :, 1:41]  # cover 32 x 40, centre crop
+    assert torch.allclose(frames_to_tensor(frames, "gray", (32, 40)), wide, atol=1e-6)
+
+
+def test_keep_aspect_predict_path_has_its_own_geometry(tmp_path):
+    train = write_ramp_mp4(tmp_path / "wide.mp4", h=48, w=64)
+    tall = write_mp4(tmp_path / "tall.mp4", frames=12, h=64, w=48)
+    dm = VideoFolder(str(train), predict_path=str(tall), frames_in=2, frames_out=1, image_size=32,
+                     keep_aspect=True, val_fraction=0.2, test_fraction=0.2)
+    dm.setup("predict")
+    assert dm.frame_size() == (32, 40) and dm.frame_size(predicting=True) == (40, 32)
+    assert dm.predict_set[0].shape == (3, 1, 40, 32)
+
+
+def test_keep_aspect_bad_values(tmp_path):
+    path = write_ramp_mp4(tmp_path / "ramp.mp4")
+    with pytest.raises(ValueError, match="keep_aspect needs image_size >= 4"):
+        VideoFolder(str(path), image_size=2, keep_aspect=True)
+    with pytest.raises(ValueError, match="keep_aspect must be true or false"):
+        VideoFolder(str(path), keep_aspect="yes")
+
+
+def test_real_video_config_trains_and_writes_gifs_at_the_clips_aspect(tmp_path):
+    """experiments/real_video/dfn.yaml through the real CLI on a small 48x64 clip: fit, test, GIFs."""
+    import inspect
+    import json
+    from pathlib import Path
+
+    from conftest import ROOT, run_train
+    from dfn.generators import DFN
+    if not {"padding_mode", "identity_init"} <= set(inspect.signature(DFN).parameters):
+        pytest.skip("experiments/real_video needs DFN(padding_mode=..., identity_init=...) (issue 9, generators)")
+    video = write_mp4(tmp_path / "clip.mp4", frames=70, h=48, w=64)
+    run_train(["fit", "--config", str(ROOT / "experiments" / "real_video" / "dfn.yaml"),
+               "--data.init_args.path", str(video), "--data.init_args.image_size", "16",
+               "--data.init_args.batch_size", "4", "--trainer.max_epochs", "1",
+               "--trainer.limit_train_batches", "2", "--trainer.enable_progress_bar", "false"], tmp_path)
+    summary = json.loads(next(Path(tmp_path).glob("runs/dfn/*/summary.json")).read_text())
+    assert summary["test/sequences"] == 2  # the last 10% of 70 frames: 7 frames, 2 clips of 3 + 3
+    assert summary["test/mse_per_frame"] >= 0 and summary["test/copy_last/mse_per_frame"] > 0
+    gif = iio.imread(Path(summary["run_dir"]) / "gifs" / "test.gif", index=None)
+    # 48x64 at its own aspect, short side 16: 16 x 20 (21.3 rounded down to a multiple of 4); GIF rows
+    # stack the test clips, columns show truth | prediction | error
+    assert gif.shape[1:3] == (16 * summary["test/sequences"], 3 * 20)

@@ -2,8 +2,8 @@
 
 Clips are indexed as (file, start frame); ``__getitem__`` decodes only that clip's frames (imageio v3:
 ffmpeg for mp4/avi/mov/mkv/webm, Pillow for gif), converts to gray or RGB, resizes the shorter side to
-``image_size`` (area when shrinking, bilinear when growing) and centre-crops a square. Frame counts are
-read once per file and cached.
+``image_size`` (area when shrinking, bilinear when growing) and centre-crops a square -- or, with
+``keep_aspect``, a frame at the video's own aspect (issue 9). Frame counts are read once per file and cached.
 
 Splits never overlap: with three or more files, whole files go to train / val / test (seeded shuffle,
 fractions configurable); with one or two files, each file is split in time into consecutive
@@ -74,8 +74,13 @@ def count_frames(path: Path) -> int:
     return int(n)
 
 
-def frames_to_tensor(frames: np.ndarray, color: Literal["gray", "rgb"], image_size: int) -> torch.Tensor:
-    """uint8 frames (T, H, W) / (T, H, W, 3|4) -> float32 (T, C, S, S) in [0, 1]: resize short side, centre crop."""
+def frames_to_tensor(frames: np.ndarray, color: Literal["gray", "rgb"],
+                     image_size: int | tuple[int, int]) -> torch.Tensor:
+    """uint8 frames (T, H, W) / (T, H, W, 3|4) -> float32 (T, C, h, w) in [0, 1].
+
+    ``image_size`` S gives square S x S frames, (h, w) gives h x w frames: the frame is resized (aspect
+    kept) to the smallest size covering the target, then centre-cropped to it.
+    """
     x = torch.from_numpy(np.ascontiguousarray(frames)).float().div_(255.0)
     if x.ndim == 3:
         x = x.unsqueeze(-1)  # (T, H, W) -> (T, H, W, 1)
@@ -85,18 +90,39 @@ def frames_to_tensor(frames: np.ndarray, color: Literal["gray", "rgb"], image_si
         x = torch.einsum("tchw,c->thw", x, LUMA).unsqueeze(1)  # (T, 3, H, W) -> (T, 1, H, W)
     elif color == "rgb" and x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)  # gray source: replicate to 3 channels
+    th, tw = (image_size, image_size) if isinstance(image_size, int) else image_size
     h, w = x.shape[-2:]
-    scale = image_size / min(h, w)
-    nh, nw = max(image_size, round(h * scale)), max(image_size, round(w * scale))
+    scale = max(th / h, tw / w)  # cover the target; for a square target: short side -> S
+    nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
     if (nh, nw) != (h, w):
         mode = "area" if scale < 1 else "bilinear"  # area averages when shrinking (no aliasing)
         x = F.interpolate(x, size=(nh, nw), mode=mode, **({} if mode == "area" else {"align_corners": False}))
-    top, left = (nh - image_size) // 2, (nw - image_size) // 2
-    return x[..., top:top + image_size, left:left + image_size].clamp_(0.0, 1.0).contiguous()
+    top, left = (nh - th) // 2, (nw - tw) // 2
+    return x[..., top:top + th, left:left + tw].clamp_(0.0, 1.0).contiguous()  # (T, C, th, tw)
+
+
+def aspect_size(height: int, width: int, short_side: int, multiple: int = 4) -> tuple[int, int]:
+    """(h, w) for a ``height x width`` source at its own aspect: short side ``short_side``, both sides
+    rounded down to a multiple of ``multiple`` (the network halves the frame once; 4 keeps a deeper
+    encoder's sizes whole too), at least ``multiple``."""
+    scale = short_side / min(height, width)
+    return tuple(max(multiple, int(round(n * scale)) // multiple * multiple) for n in (height, width))
+
+
+def first_frame_shape(path: Path) -> tuple[int, int]:
+    """(height, width) of the first frame of a video file."""
+    import imageio.v3 as iio
+    try:
+        frame = iio.imread(path, index=0)
+    except Exception as err:
+        raise ValueError(f"{path}: cannot read the first frame ({_first_line(err)})") from err
+    return int(frame.shape[0]), int(frame.shape[1])
 
 
 class VideoClips(Dataset):
-    """Map-style dataset of clips ``(file, start)``; item -> float32 (T, C, S, S) in [0, 1].
+    """Map-style dataset of clips ``(file, start)``; item -> float32 (T, C, h, w) in [0, 1].
+
+    ``image_size``: S (square S x S frames) or (h, w); see :func:`frames_to_tensor`.
 
     Decoding is lazy. A file whose *processed* frames (resized, uint8: frames x C x S x S bytes) fit in
     ``cache_mb`` is decoded once, front to back (ffmpeg decodes sequentially hundreds of frames per
@@ -106,7 +132,7 @@ class VideoClips(Dataset):
     """
 
     def __init__(self, files: list[Path], counts: list[int], clips: list[tuple[int, int]], frames: int,
-                 color: Literal["gray", "rgb"], image_size: int, cache_mb: int = 256) -> None:
+                 color: Literal["gray", "rgb"], image_size: int | tuple[int, int], cache_mb: int = 256) -> None:
         self.files, self.counts, self.clips, self.frames = files, counts, clips, frames
         self.color, self.image_size, self.cache_bytes = color, image_size, cache_mb * 2**20
         self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()   # file -> (N, C, S, S) uint8
@@ -154,7 +180,8 @@ class VideoClips(Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         file_idx, start = self.clips[i]
         path = self.files[file_idx]
-        size = self.counts[file_idx] * (1 if self.color == "gray" else 3) * self.image_size ** 2
+        side = (self.image_size,) * 2 if isinstance(self.image_size, int) else self.image_size
+        size = self.counts[file_idx] * (1 if self.color == "gray" else 3) * side[0] * side[1]
         try:
             if file_idx in self._cache:
                 self._cache.move_to_end(file_idx)
@@ -195,7 +222,15 @@ class VideoFolder(ClipDataModule):
 
     ``predict_path`` (file or folder), if given, is what ``predict`` runs on (all its clips, every
     ``stride`` frames); otherwise predict uses the first ``predict_size`` test clips.
-    Batches: float32 (B, frames_in + frames_out, C, S, S) in [0, 1], C = 1 (gray) or 3 (rgb).
+    Frame geometry: by default square ``image_size`` x ``image_size`` centre crops (the paper's 64x64).
+    With ``keep_aspect`` the frames keep the video's own aspect: short side ``image_size``, both sides
+    rounded down to a multiple of 4 (see :func:`aspect_size`), measured on the first file of ``path``
+    (of ``predict_path`` for predicting on it); other files are resized to cover that and centre-cropped.
+    The networks are fully convolutional (without ``untied_input_bias``), so a model trained on one
+    geometry predicts on another.
+
+    Batches: float32 (B, frames_in + frames_out, C, h, w) in [0, 1], C = 1 (gray) or 3 (rgb); (h, w) is
+    :meth:`frame_size`.
     """
 
     def __init__(
@@ -204,6 +239,7 @@ class VideoFolder(ClipDataModule):
         frames_in: int = 3,
         frames_out: int = 3,
         image_size: int = 64,
+        keep_aspect: bool = False,
         color: Literal["gray", "rgb"] = "gray",
         stride: int = 1,
         val_fraction: float = 0.1,
@@ -236,6 +272,12 @@ class VideoFolder(ClipDataModule):
             raise ValueError(f"VideoFolder: cache_mb must be an integer >= 0, got {cache_mb!r}")
         self.val_fraction, self.test_fraction, self.predict_size = val_fraction, test_fraction, predict_size
         self.cache_mb, self.skip_bad_files = cache_mb, skip_bad_files
+        if not isinstance(keep_aspect, bool):
+            raise ValueError(f"VideoFolder: keep_aspect must be true or false, got {keep_aspect!r}")
+        if keep_aspect and image_size < 4:
+            raise ValueError(f"VideoFolder: keep_aspect needs image_size >= 4 (sides are multiples of 4), got {image_size}")
+        self.keep_aspect = keep_aspect
+        self._frame_sizes: dict[bool, tuple[int, int]] = {}
         self._frame_counts: dict[Path, int] = {}
         self.train_set: VideoClips | None = None
 
@@ -275,6 +317,16 @@ class VideoFolder(ClipDataModule):
                 raise ValueError(f"{p}: video has {n} frames, shorter than one clip "
                                  f"(frames_in + frames_out = {self.frames})")
         return counts
+
+    def frame_size(self, predicting: bool = False) -> tuple[int, int]:
+        """(h, w) of the frames served: (image_size, image_size), or with ``keep_aspect`` the first file's
+        aspect (of ``predict_path`` when `predicting` and it is given, else of ``path``)."""
+        if not self.keep_aspect:
+            return self.image_size, self.image_size
+        if predicting not in self._frame_sizes:
+            files = self.predict_files if predicting and self.predict_files is not None else self.files
+            self._frame_sizes[predicting] = aspect_size(*first_frame_shape(files[0]), self.image_size)
+        return self._frame_sizes[predicting]
 
     def split_clips(self) -> dict[str, list[tuple[int, int]]]:
         """{'train', 'val', 'test'}: lists of (file index, start frame), disjoint in frames."""
@@ -317,7 +369,7 @@ class VideoFolder(ClipDataModule):
             splits = self.split_clips()
             counts = self._counts(self.files)
             make = lambda clips: VideoClips(self.files, counts, clips, self.frames, self.color,  # noqa: E731
-                                            self.image_size, self.cache_mb)
+                                            self.frame_size(), self.cache_mb)
             self.train_set, self.val_set, self.test_set = make(splits["train"]), make(splits["val"]), make(splits["test"])
         if stage in (None, "predict") and self.predict_set is None:
             if self.predict_files is not None:
@@ -325,10 +377,10 @@ class VideoFolder(ClipDataModule):
                 counts = self._counts(self.predict_files)
                 clips = [(f, s) for f, n in enumerate(counts) for s in clip_starts(0, n, self.frames, self.stride)]
                 self.predict_set = VideoClips(self.predict_files, counts, clips, self.frames, self.color,
-                                              self.image_size, self.cache_mb)
+                                              self.frame_size(predicting=True), self.cache_mb)
             else:
                 self.predict_set = VideoClips(self.files, self.test_set.counts, self.test_set.clips[: self.predict_size],
-                                              self.frames, self.color, self.image_size, self.cache_mb)
+                                              self.frames, self.color, self.frame_size(), self.cache_mb)
 
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
