@@ -127,8 +127,11 @@ class SaveRunConfig(SaveConfigCallback):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=False)
         data = trainer.datamodule
-        size = getattr(data, "image_size", 64)
-        height, width = (size, size) if isinstance(size, int) else size
+        if callable(getattr(data, "frame_size", None)):  # VideoFolder: keep_aspect frames are not square
+            height, width = data.frame_size(predicting=stage == "predict")
+        else:
+            size = getattr(data, "image_size", 64)
+            height, width = (size, size) if isinstance(size, int) else size
         facts = {"parameters": pl_module.parameter_count(), "flops_per_step": flops_per_step(pl_module, height, width),
                  **pl_module.generator.summary()}
         pl_module.run_facts = facts

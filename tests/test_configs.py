@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import imageio.v3 as iio
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -18,6 +20,16 @@ CONFIGS = sorted(c for c in (ROOT / "experiments").rglob("*.yaml") if c.parent.n
 USER_DATA = {"paper_protocol.yaml": ["--data.init_args.digits", "embedded", "--data.init_args.test_file", "null"]}
 
 
+def data_args(config: Path, tmp_path: Path) -> list[str]:
+    """Tiny data for a config: VideoFolder configs get a small generated clip instead of their sample."""
+    if "dfn.data.VideoFolder" in config.read_text():
+        video = tmp_path / "clip.mp4"
+        frames = np.random.default_rng(0).integers(0, 256, (70, 48, 64, 3), dtype=np.uint8)
+        iio.imwrite(video, frames, fps=10, macro_block_size=1)
+        return ["--data.init_args.path", str(video), "--data.init_args.image_size", "16"]
+    return ["--data.init_args.image_size", "32", "--data.init_args.val_size", "2", "--data.init_args.test_size", "2"]
+
+
 def test_there_are_configs():
     assert {"quickstart.yaml", "dfn.yaml", "baseline.yaml"} <= {c.name for c in CONFIGS}
 
@@ -27,8 +39,7 @@ def test_config_builds_and_trains_one_step(config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli = main(["--config", str(config), "--trainer.fast_dev_run", "1",
                 "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-                "--data.init_args.batch_size", "2", "--data.init_args.image_size", "32",
-                "--data.init_args.val_size", "2", "--data.init_args.test_size", "2",
+                "--data.init_args.batch_size", "2", *data_args(config, tmp_path),
                 *USER_DATA.get(config.name, [])], run=False)
     assert cli.model.frames_in == cli.datamodule.frames_in and cli.model.channels == cli.datamodule.channels
     before = {name: p.detach().clone() for name, p in cli.model.named_parameters()}
