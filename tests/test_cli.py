@@ -71,7 +71,7 @@ def test_fit_writes_checkpoints_gifs_wandb_and_a_summary(trained):
     assert summary["test/sequences"] == summary["test_final/sequences"] == 10
     best_bce, copy_bce = numpy_test_bce(summary["checkpoint"])
     final_bce, _ = numpy_test_bce(str(directory / "checkpoints" / "last.ckpt"))
-    assert best_bce != pytest.approx(final_bce, rel=1e-3)  # else the next two lines could not tell them apart
+    assert best_bce != pytest.approx(final_bce, rel=1e-4)  # 10x the tolerance below, else it could not tell them apart
     assert summary["test/bce_per_frame"] == pytest.approx(best_bce, rel=1e-5)
     assert summary["test_final/bce_per_frame"] == pytest.approx(final_bce, rel=1e-5)
     assert summary["test/copy_last/bce_per_frame"] == pytest.approx(copy_bce, rel=1e-5)
