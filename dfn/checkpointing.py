@@ -101,7 +101,7 @@ class RunGuard(L.Callback):
         self._last_saved_step: int | None = None
         self._trainer: L.Trainer | None = None
         self._hook = None
-        self._due_at_epoch_end = self._stop_at_epoch_end = False
+        self._stop_at_epoch_end = False
 
     # ---- atomic writes, RNG state -------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -214,7 +214,6 @@ class RunGuard(L.Callback):
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             # Lightning resumes a checkpoint taken after an epoch's last batch *without* that epoch's
             # validation; wait for it (ModelCheckpoint writes last.ckpt then) and act at the epoch's end.
-            self._due_at_epoch_end = self._due_at_epoch_end or due or stop
             self._stop_at_epoch_end = self._stop_at_epoch_end or stop
             return
         if stop or due:
@@ -223,10 +222,10 @@ class RunGuard(L.Callback):
             self._stop(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._due_at_epoch_end:
-            return
-        self._due_at_epoch_end = False
-        if self._last_saved_step != trainer.global_step:  # no validation checkpoint was written
+        # Lightning 2.6's ModelCheckpoint(save_last=True) rewrites last.ckpt only when it also saves a top-k
+        # checkpoint: after an epoch whose validation did not improve, last.ckpt would still hold an older
+        # epoch. So at every epoch's end (after its validation) a stale last.ckpt is refreshed.
+        if self._last_saved_step != trainer.global_step:  # no checkpoint (so no last.ckpt) at this step
             self._save(trainer)
         if self._stop_at_epoch_end:
             self._stop(trainer)
