@@ -221,7 +221,8 @@ class PredictionFiles(BasePredictionWriter):
 
 class HorizonTables(L.Callback):
     """After testing: every metric per prediction horizon (frame 1..N), model and copy-last-frame, as
-    ``<run dir>/horizon_test.csv`` and as a wandb table ``test/horizon`` (plot it as lines in the UI)."""
+    ``<run dir>/horizon_test.csv`` and as a wandb table ``test/horizon`` (plot it as lines in the UI);
+    after a fit the final weights' test writes ``horizon_test_final.csv`` / ``test_final/horizon``."""
 
     @rank_zero_only
     def on_test_end(self, trainer, pl_module):
@@ -231,12 +232,13 @@ class HorizonTables(L.Callback):
             return
         columns = ["horizon", *curves]
         rows = [[t + 1, *(curve[t] for curve in curves.values())] for t in range(len(next(iter(curves.values()))))]
-        path = run_dir(trainer) / "horizon_test.csv"
+        prefix = getattr(pl_module, "test_prefix", "test")  # test | test_final (dfn.cli after_fit)
+        path = run_dir(trainer) / f"horizon_{prefix}.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join(",".join(str(v) for v in row) for row in [columns, *rows]) + "\n")
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_table("test/horizon", columns=columns, data=rows)
+                logger.log_table(f"{prefix}/horizon", columns=columns, data=rows)
 
 
 def write_json(path: Path, values: dict) -> Path:

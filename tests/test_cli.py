@@ -92,7 +92,8 @@ def test_fit_writes_checkpoints_gifs_wandb_and_a_summary(trained):
     assert logged["test/horizon/_type"] == "table-file"  # per-horizon metrics as a wandb table
     for key in ("val/predictions", "test/predictions", "val/filter_flow"):  # the GIFs, as wandb videos
         assert logged[f"{key}/_type"] == "videos", key
-    assert (directory / "horizon_test.csv").read_text().startswith("horizon,")
+    assert (directory / "horizon_test.csv").read_text().startswith("horizon,test/")
+    assert (directory / "horizon_test_final.csv").read_text().startswith("horizon,test_final/")
 
 
 def test_same_config_twice_gives_the_same_metrics(trained):
