@@ -65,7 +65,7 @@ def test_one_job_runs_sequentially_and_prints_the_same_table(configs, tmp_path, 
     assert peak[0] == 1
     header, _, columns, rule, *rows = out.read_text().splitlines()
     assert columns.startswith("| config | generator | mode | parameters | MFLOPs/step | s/iter | test bce_per_frame")
-    assert rows[0] == f"| {compare.shown_path(configs[0])} | slow | local | 7 | 2.0 | 0.500 | 1 | nan | nan | nan | nan |"
+    assert rows[0] == f"| {compare.shown_path(configs[0])} | slow | local | 7 | 2.0 | 0.500 | 1 | nan | nan | nan | nan | nan |"
     assert "--jobs" not in header
 
 

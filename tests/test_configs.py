@@ -22,7 +22,7 @@ USER_DATA = {"paper_protocol.yaml": ["--data.init_args.digits", "embedded", "--d
 
 def data_args(config: Path, tmp_path: Path) -> list[str]:
     """Tiny data for a config: VideoFolder configs get a small generated clip instead of their sample."""
-    if "dfn.data.VideoFolder" in config.read_text():
+    if yaml.safe_load(config.read_text())["data"]["class_path"] == "dfn.data.VideoFolder":
         video = tmp_path / "clip.mp4"
         frames = np.random.default_rng(0).integers(0, 256, (70, 48, 64, 3), dtype=np.uint8)
         iio.imwrite(video, frames, fps=10, macro_block_size=1)
