@@ -3,13 +3,21 @@
 On CPU the kernels run under Triton's interpreter. Triton decides interpreted vs compiled when a
 kernel is decorated, and ``local_filter_triton`` decorates its kernels on first use once per
 TRITON_INTERPRET value, so setting the variable per test (monkeypatch) is enough whatever other
-test modules imported before. The interpreter is slow: shapes are tiny. The CUDA tests (compiled
-kernels, larger shapes, bf16/fp16) run only where a GPU is present.
+test modules imported before -- except that once torch.compile has run in a process, Triton's
+interpreter fails there ("Cannot call @triton.jit'd outside of the scope of a kernel", seen in the full
+suite after tests/test_bench_train.py). So the interpreter tests always run in a fresh pytest process
+(`test_interpreter_tests_in_a_fresh_process` runs this file again with DFN_TRITON_INTERPRETER_CHILD=1).
+The interpreter is slow: shapes are tiny. The CUDA tests (compiled kernels, larger shapes, bf16/fp16)
+run only where a GPU is present.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,9 +29,27 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
+CHILD = "DFN_TRITON_INTERPRETER_CHILD"
+
+
+IN_CHILD = os.environ.get(CHILD) == "1"
+
+
 @pytest.fixture
 def interpret(monkeypatch):
+    if not IN_CHILD:
+        pytest.skip("interpreter tests run in a fresh process (test_interpreter_tests_in_a_fresh_process)")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+@pytest.mark.skipif(IN_CHILD, reason="this is the fresh process")
+def test_interpreter_tests_in_a_fresh_process():
+    """Runs this file again in a new process, where its interpreter tests run (see the module docstring)."""
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__))],
+                          env={**os.environ, CHILD: "1"}, cwd=Path(__file__).parents[1],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    assert " passed" in done.stdout and " failed" not in done.stdout
 
 
 def _compare(B, C, H, W, K, dilation, per_channel, mode, device="cpu", dtype=torch.float32,
