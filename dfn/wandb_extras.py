@@ -61,10 +61,11 @@ class WandbMetrics(L.Callback):
         run.define_metric("horizon")
         for who in ("", "copy_last/"):
             for name in NAMES:
-                for split in ("val", "test"):  # explicit names beat WandbLogger's "*" glob
+                for split in ("val", "test", "test_final"):  # explicit names beat WandbLogger's "*" glob
                     run.define_metric(f"{split}/{who}{name}", step_metric="trainer/global_step",
                                       summary=summary_kind(name))
-                run.define_metric(f"test_horizon/{who}{name}", step_metric="horizon", summary="none")
+                for prefix in ("test", "test_final"):  # best checkpoint, final weights (dfn.cli after_fit)
+                    run.define_metric(f"{prefix}_horizon/{who}{name}", step_metric="horizon", summary="none")
         for split in ("val", "test"):
             run.define_metric(f"{split}/loss", step_metric="trainer/global_step", summary="min")
 
@@ -72,19 +73,20 @@ class WandbMetrics(L.Callback):
     def on_test_end(self, trainer: L.Trainer, pl_module: VideoPrediction) -> None:
         run = wandb_run(trainer)
         results = getattr(pl_module, "last_test_results", {})
-        curves = {k.removesuffix("/horizon").removeprefix("test/"): v.tolist()
+        prefix = getattr(pl_module, "test_prefix", "test")  # test | test_final (dfn.cli after_fit)
+        curves = {k.removesuffix("/horizon").removeprefix(f"{prefix}/"): v.tolist()
                   for k, v in results.items() if k.endswith("/horizon")}
         if run is None or not curves:
             return
         horizons = list(range(1, len(next(iter(curves.values()))) + 1))
         for t, horizon in enumerate(horizons):
-            run.log({"horizon": horizon, **{f"test_horizon/{name}": curve[t] for name, curve in curves.items()}})
+            run.log({"horizon": horizon, **{f"{prefix}_horizon/{name}": curve[t] for name, curve in curves.items()}})
         for name in NAMES:
             if name in curves and f"copy_last/{name}" in curves:
                 plot = wandb.plot.line_series(xs=horizons, ys=[curves[name], curves[f"copy_last/{name}"]],
-                                              keys=["model", "copy last frame"], title=f"test {name} per horizon",
+                                              keys=["model", "copy last frame"], title=f"{prefix} {name} per horizon",
                                               xname="horizon")
-                run.log({f"test_horizon_plot/{name}": plot})
+                run.log({f"{prefix}_horizon_plot/{name}": plot})
 
 
 class SequenceTable(L.Callback):

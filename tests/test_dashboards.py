@@ -133,10 +133,11 @@ def test_wandb_metric_definitions_and_horizon_axis(fitted):
     assert definitions["test/copy_last/ssim"]["summary"] == {"max"}
     for key in ("test_horizon/bce_per_frame", "test_horizon/copy_last/bce_per_frame"):
         assert definitions[key]["step_metric"] == "horizon"
-    rows = [row for row in logged_history(fitted.wandb) if "horizon" in row]
-    assert [row["horizon"] for row in rows] == [1, 2]
-    expected = fitted.summary["test/bce_per_frame/horizon"]
-    assert [row["test_horizon/bce_per_frame"] for row in rows] == pytest.approx(expected, rel=1e-9)
+    for prefix in ("test", "test_final"):  # the best checkpoint's curves and the final weights'
+        rows = [row for row in logged_history(fitted.wandb) if f"{prefix}_horizon/bce_per_frame" in row]
+        assert [row["horizon"] for row in rows] == [1, 2]
+        expected = fitted.summary[f"{prefix}/bce_per_frame/horizon"]
+        assert [row[f"{prefix}_horizon/bce_per_frame"] for row in rows] == pytest.approx(expected, rel=1e-9)
     logged = {k: v for row in logged_history(fitted.wandb) for k, v in row.items()}
     assert logged["test_horizon_plot/bce_per_frame_table/_type"] == "table-file"  # model and copy-last, one panel
     assert logged["val/filters/_type"] == "images/separated"

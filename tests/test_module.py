@@ -96,6 +96,5 @@ def test_an_empty_validation_split_is_an_error_saying_how_to_fix_it(tmp_path):
     iio.imwrite(video, frames, fps=10, macro_block_size=1)
     data = VideoFolder(str(video), frames_in=2, frames_out=2, image_size=16, batch_size=2,
                        val_fraction=0.0, test_fraction=0.2)
-    data.setup("fit")
-    with pytest.raises(ValueError, match="validation split is empty.*val_fraction > 0.*limit_val_batches 0"):
-        data.val_dataloader()
+    with pytest.raises(ValueError, match="val_fraction is 0, so there is no val split.*use a fraction > 0"):
+        data.setup("fit")  # at setup, before any training (issue 10: bad input up front)
