@@ -31,7 +31,7 @@ warnings.filterwarnings("ignore", message="Attribute 'generator' is an instance 
 
 
 def check_training_config(frames_in: int, buffer_len: int, lr: float, lr_decay_every: int, lr_decay: float,
-                          bce_eps: float) -> None:
+                          bce_eps: float, lr_schedule: str = "step", warmup_fraction: float = 0.1) -> None:
     """Raise a ValueError naming the argument and its allowed range for a training setting that cannot work."""
     if buffer_len > frames_in:
         raise ValueError(f"buffer_len must be <= frames_in ({frames_in}): the generator reads the last buffer_len "
@@ -47,6 +47,11 @@ def check_training_config(frames_in: int, buffer_len: int, lr: float, lr_decay_e
     if not 0 < bce_eps < 0.5:
         raise ValueError(f"bce_eps must be in (0, 0.5) (predictions are clipped to [bce_eps, 1 - bce_eps]), "
                          f"got {bce_eps}")
+    if lr_schedule not in ("step", "onecycle"):
+        raise ValueError(f"lr_schedule must be 'step' or 'onecycle', got {lr_schedule!r}")
+    if not 0 < warmup_fraction < 1:
+        raise ValueError(f"warmup_fraction must be in (0, 1) (the share of the run spent warming up), "
+                         f"got {warmup_fraction!r}")
 
 
 class VideoPrediction(L.LightningModule):
@@ -85,12 +90,8 @@ class VideoPrediction(L.LightningModule):
             raise ValueError(f"loss must be 'bce' or 'mse', got {loss!r}")
         if frames_in < 1 or frames_out < 1:
             raise ValueError(f"frames_in and frames_out must be >= 1, got {frames_in} and {frames_out}")
-        check_training_config(frames_in, buffer_len, lr, lr_decay_every, lr_decay, bce_eps)
-        if lr_schedule not in ("step", "onecycle"):
-            raise ValueError(f"lr_schedule must be 'step' or 'onecycle', got {lr_schedule!r}")
-        if not 0 < warmup_fraction < 1:
-            raise ValueError(f"warmup_fraction must be in (0, 1) (the share of the run spent warming up), "
-                             f"got {warmup_fraction!r}")
+        check_training_config(frames_in, buffer_len, lr, lr_decay_every, lr_decay, bce_eps, lr_schedule,
+                              warmup_fraction)
         self.save_hyperparameters()
         self.predictor = VideoPredictor(generator, channels=channels, buffer_len=buffer_len, encoder_width=encoder_width,
                                         hidden=hidden, decoder_width=decoder_width, features=features, layout=layout,

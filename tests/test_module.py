@@ -60,11 +60,34 @@ def test_val_loss_is_the_training_loss_per_frame(loss, generator, module):
     ("lr", 0.0, "> 0"), ("lr", -1e-3, "> 0"),
     ("lr_decay", 0.0, "(0, 1]"), ("lr_decay", 1.5, "(0, 1]"),
     ("buffer_len", 3, "<= frames_in (2)"),
+    ("lr_schedule", "cosine", "'step' or 'onecycle'"), ("warmup_fraction", 0.0, "(0, 1)"),
+    ("warmup_fraction", 1.0, "(0, 1)"),
 ])
 def test_bad_training_settings_fail_at_construction(name, value, allowed):
     with pytest.raises(ValueError) as err:
         VideoPrediction(DFN(kernel_size=3), **{**SMALL, name: value})
     assert name in str(err.value) and allowed in str(err.value) and str(value) in str(err.value)
+
+
+def test_onecycle_schedule_warms_up_to_lr_then_anneals_to_zero_per_step():
+    """lr_schedule: onecycle (ours): torch's OneCycleLR over the run's length, lr is the peak; by hand:
+    start lr/25 (its default div_factor), peak lr after warmup_fraction of the steps, then down to ~0."""
+    import types
+
+    model = VideoPrediction(DFN(kernel_size=3), **{**SMALL, "lr": 3e-3, "lr_schedule": "onecycle",
+                                                   "warmup_fraction": 0.2})
+    model._trainer = types.SimpleNamespace(estimated_stepping_batches=10)  # what Lightning derives from max_steps
+    config = model.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert config["lr_scheduler"]["interval"] == "step"
+    lrs = []
+    for _ in range(10):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(3e-3 / 25)
+    assert max(lrs) == pytest.approx(3e-3) and lrs.index(max(lrs)) == 1  # 0.2 * 10 steps, peak at the 2nd
+    assert all(a > b for a, b in zip(lrs[1:], lrs[2:])) and lrs[-1] < 3e-3 * 1e-3
 
 
 def test_edge_values_are_accepted():
