@@ -231,3 +231,62 @@ def test_real_video_config_trains_and_writes_gifs_at_the_clips_aspect(tmp_path):
     # 48x64 at its own aspect, short side 16: 16 x 20 (21.3 rounded down to a multiple of 4); GIF rows
     # stack the test clips, columns show truth | prediction | error
     assert gif.shape[1:3] == (16 * summary["test/sequences"], 3 * 20)
+
+
+# --- scene cuts: clips never span one -----------------------------------------------------------------
+
+def write_shots_mp4(path, cuts, frames, h=48, w=64):
+    """An mp4 whose shots start at ``cuts``: each shot a different scene (a moving square on dark, its
+    negative, a panning ramp), so every cut is a hard one."""
+    ramp = np.round(np.linspace(30, 220, 2 * w)).astype(np.uint8)
+    scenes = [moving_square(frames, h, w, speed=1), 255 - moving_square(frames, h, w, speed=1),
+              np.stack([np.tile(ramp[None, t:t + w, None], (h, 1, 3)) for t in range(frames)])]
+    shot = np.searchsorted(cuts, np.arange(frames), side="right")  # frame -> index of its shot
+    iio.imwrite(path, np.stack([scenes[shot[t] % 3][t] for t in range(frames)]), fps=10, macro_block_size=1)
+    return path
+
+
+def spanning(clips, frames, cuts):
+    """The (file, start) clips holding frames of two shots."""
+    return [(f, s) for f, s in clips if any(s < c < s + frames for c in cuts)]
+
+
+def test_clips_never_span_a_scene_cut(tmp_path, capsys):
+    from dfn.data.shots import detect_file_cuts
+    cuts = [20, 42, 53]  # one in each of train [0, 36), val [36, 48), test [48, 60)
+    path = write_shots_mp4(tmp_path / "shots.mp4", cuts, frames=60)
+    assert detect_file_cuts(path) == cuts
+    kw = dict(frames_in=3, frames_out=2, image_size=16, val_fraction=0.2, test_fraction=0.2, batch_size=2)
+    on = VideoFolder(str(path), predict_path=str(path), **kw)
+    on.setup()
+    assert "shots.mp4: 3 scene cuts (at frames 20, 42, 53)" in capsys.readouterr().out
+    off = VideoFolder(str(path), predict_path=str(path), cut_threshold=None, **kw)
+    off.setup()
+    for name in ("train_set", "val_set", "test_set", "predict_set"):
+        kept, all_clips = getattr(on, name).clips, getattr(off, name).clips
+        assert kept and not spanning(kept, 5, cuts), name
+        assert spanning(all_clips, 5, cuts), name  # without detection the same split has clips across it
+        assert set(kept) == set(all_clips) - set(spanning(all_clips, 5, cuts)), name  # only those go
+    # the time split's boundaries are unchanged: the test split is still frames 48..59
+    assert [s for _, s in on.test_set.clips] == [48, 53, 54, 55]
+    # split by file (3 files): every file's clips avoid its cuts
+    for k in range(3):
+        (tmp_path / "folder").mkdir(exist_ok=True)
+        (tmp_path / "folder" / f"v{k}.mp4").write_bytes(path.read_bytes())
+    folder = VideoFolder(str(tmp_path / "folder"), **kw)
+    folder.setup("fit")
+    for d in (folder.train_set, folder.val_set, folder.test_set):
+        assert d.clips and not spanning(d.clips, 5, cuts)
+
+
+def test_cut_threshold_bad_values_and_empty_split_error(tmp_path):
+    path = write_shots_mp4(tmp_path / "v.mp4", [27], frames=30)
+    for bad in (-0.1, 1.0, 2, "high", True):
+        with pytest.raises(ValueError, match=r"cut_threshold must be a number in \[0, 1\)"):
+            VideoFolder(str(path), cut_threshold=bad)
+    assert VideoFolder(str(path), cut_threshold=0).cut_threshold is None  # 0 turns detection off
+    # test split = frames 24..29; the cut at 27 leaves no 5 frames of one shot there
+    kw = dict(frames_in=3, frames_out=2, val_fraction=0.2, test_fraction=0.2)
+    with pytest.raises(ValueError, match=r"too short for a test split.*1 scene cut \(at frames 27\).*cut_threshold"):
+        VideoFolder(str(path), **kw).setup("fit")
+    VideoFolder(str(path), cut_threshold=None, **kw).setup("fit")  # without detection: fine

@@ -8,6 +8,10 @@ ffmpeg for mp4/avi/mov/mkv/webm, Pillow for gif), converts to gray or RGB, resiz
 Splits never overlap: with three or more files, whole files go to train / val / test (seeded shuffle,
 fractions configurable); with one or two files, each file is split in time into consecutive
 train | val | test segments and clips never cross a segment boundary.
+
+Clips never span a scene cut either: at setup every file is decoded once at low resolution and its hard
+cuts are found (``cut_threshold``; see :mod:`dfn.data.shots`); a clip holding frames of two shots is
+dropped. The time split's boundaries stay fractions of the file; only the clips across a cut go.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from .common import ClipDataModule, seed_rng
+from .shots import CUT_THRESHOLD, describe_cuts, detect_file_cuts, spans_cut
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".gif")
 LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R BT.601 weights for RGB -> gray
@@ -203,9 +208,11 @@ class VideoClips(Dataset):
         return clip.float().div_(255.0)
 
 
-def clip_starts(lo: int, hi: int, frames: int, stride: int) -> list[int]:
-    """Starts of the clips of ``frames`` frames, every ``stride``, lying wholly in [lo, hi)."""
-    return list(range(lo, hi - frames + 1, stride))
+def clip_starts(lo: int, hi: int, frames: int, stride: int, cuts: list[int] | None = None) -> list[int]:
+    """Starts of the clips of ``frames`` frames, every ``stride``, lying wholly in [lo, hi) and, given the
+    sorted scene ``cuts`` (first frames of shots), wholly inside one shot. Clips across a cut are dropped
+    rather than the grid restarted at the cut, so a file without cuts gives the same clips as before."""
+    return [s for s in range(lo, hi - frames + 1, stride) if not (cuts and spans_cut(s, frames, cuts))]
 
 
 class VideoFolder(ClipDataModule):
@@ -219,6 +226,12 @@ class VideoFolder(ClipDataModule):
 
     At setup every file is probed (opened, frames counted) and all unreadable, corrupt or too-short
     files are named in one error; ``skip_bad_files=True`` warns about them and goes on without them.
+
+    Scene cuts: ``cut_threshold`` (default :data:`dfn.data.shots.CUT_THRESHOLD`, 0.12) is the smallest mean
+    absolute difference (in [0, 1] units, on gray frames at short side 32) between consecutive frames that
+    counts as a hard cut (it must also be 9x the file's median difference); no clip -- train, val, test
+    or predict -- spans a cut. ``None`` or 0 turns detection off. Cuts are found once per file at setup
+    (one low-resolution decode) and reported in one line per file.
 
     ``predict_path`` (file or folder), if given, is what ``predict`` runs on (all its clips, every
     ``stride`` frames); otherwise predict uses the first ``predict_size`` test clips.
@@ -248,6 +261,7 @@ class VideoFolder(ClipDataModule):
         predict_size: int = 32,
         cache_mb: int = 256,
         skip_bad_files: bool = False,
+        cut_threshold: float | None = CUT_THRESHOLD,
         batch_size: int = 16,
         seed: int = 0,
         num_workers: int = 0,
@@ -277,6 +291,13 @@ class VideoFolder(ClipDataModule):
         if keep_aspect and image_size < 4:
             raise ValueError(f"VideoFolder: keep_aspect needs image_size >= 4 (sides are multiples of 4), got {image_size}")
         self.keep_aspect = keep_aspect
+        if cut_threshold is not None and (isinstance(cut_threshold, bool) or not isinstance(cut_threshold, (int, float))
+                                          or not 0 <= cut_threshold < 1):
+            raise ValueError(f"VideoFolder: cut_threshold must be a number in [0, 1) (mean absolute difference "
+                             f"between consecutive frames that counts as a scene cut; 0 or null turns cut "
+                             f"detection off), got {cut_threshold!r}")
+        self.cut_threshold = float(cut_threshold) if cut_threshold else None  # None: detection off
+        self._cuts: dict[Path, list[int]] = {}  # file -> sorted first frames of its shots (decoding: once)
         self._frame_sizes: dict[bool, tuple[int, int]] = {}
         self._frame_counts: dict[Path, int] = {}
         self.train_set: VideoClips | None = None
@@ -318,6 +339,27 @@ class VideoFolder(ClipDataModule):
                                  f"(frames_in + frames_out = {self.frames})")
         return counts
 
+    def _scene_cuts(self, files: list[Path]) -> list[list[int]]:
+        """Every file's scene cuts (sorted first frames of new shots; [] with detection off), found once
+        per file and reported once, as it decodes the file."""
+        if self.cut_threshold is None:
+            return [[] for _ in files]
+        for p in files:
+            if p not in self._cuts:
+                self._cuts[p] = detect_file_cuts(p, self.cut_threshold)
+                print(f"VideoFolder: {p.name}: {describe_cuts(self._cuts[p])}"
+                      + ("; clips never span a cut" if self._cuts[p] else ""))
+        return [self._cuts[p] for p in files]
+
+    def _cuts_hint(self, files: list[Path], cuts: list[list[int]]) -> str:
+        """The part of an 'empty split' error that says scene cuts took clips away, if they did."""
+        found = {p.name: c for p, c in zip(files, cuts) if c}
+        if not found:
+            return ""
+        listing = "; ".join(f"{name}: {describe_cuts(c)}" for name, c in found.items())
+        return (f"; clips never span a scene cut ({listing}) -- raise cut_threshold (now "
+                f"{self.cut_threshold}) or set it to null to keep clips across cuts")
+
     def frame_size(self, predicting: bool = False) -> tuple[int, int]:
         """(h, w) of the frames served: (image_size, image_size), or with ``keep_aspect`` the first file's
         aspect (of ``predict_path`` when `predicting` and it is given, else of ``path``)."""
@@ -331,6 +373,7 @@ class VideoFolder(ClipDataModule):
     def split_clips(self) -> dict[str, list[tuple[int, int]]]:
         """{'train', 'val', 'test'}: lists of (file index, start frame), disjoint in frames."""
         counts = self._counts(self.files)
+        cuts = self._scene_cuts(self.files)
         out: dict[str, list[tuple[int, int]]] = {"train": [], "val": [], "test": []}
         n = len(self.files)
         if n >= 3:  # split by file
@@ -343,21 +386,22 @@ class VideoFolder(ClipDataModule):
             groups = {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
             for split, idx in groups.items():
                 for f in sorted(idx.tolist()):
-                    out[split] += [(f, s) for s in clip_starts(0, counts[f], self.frames, self.stride)]
+                    out[split] += [(f, s) for s in clip_starts(0, counts[f], self.frames, self.stride, cuts[f])]
         else:  # split each file in time: train | val | test
             for f, total in enumerate(counts):
                 a = int(round(total * (1 - self.val_fraction - self.test_fraction)))
                 b = int(round(total * (1 - self.test_fraction)))
                 for split, (lo, hi) in (("train", (0, a)), ("val", (a, b)), ("test", (b, total))):
-                    out[split] += [(f, s) for s in clip_starts(lo, hi, self.frames, self.stride)]
+                    out[split] += [(f, s) for s in clip_starts(lo, hi, self.frames, self.stride, cuts[f])]
         for split, fraction in (("train", 1.0), ("val", self.val_fraction), ("test", self.test_fraction)):
             if fraction == 0 and not out[split]:  # an empty split is an error, never a silent "no validation"
                 raise ValueError(f"{self.path}: {split}_fraction is 0, so there is no {split} split; training "
                                  f"needs validation (model selection) and a test set -- use a fraction > 0")
             if not out[split]:
                 raise ValueError(f"{self.path}: too short for a {split} split -- each split needs at least "
-                                 f"{self.frames} consecutive frames (frames per file: {counts}); lower frames_in/"
-                                 "frames_out, add footage, or change val_fraction/test_fraction")
+                                 f"{self.frames} consecutive frames (frames per file: {counts})"
+                                 f"{self._cuts_hint(self.files, cuts)}; lower frames_in/frames_out, add footage, "
+                                 "or change val_fraction/test_fraction")
         return out
 
     def setup(self, stage: str | None = None) -> None:
@@ -375,7 +419,12 @@ class VideoFolder(ClipDataModule):
             if self.predict_files is not None:
                 self.predict_files = self._probe(self.predict_files, "predict")
                 counts = self._counts(self.predict_files)
-                clips = [(f, s) for f, n in enumerate(counts) for s in clip_starts(0, n, self.frames, self.stride)]
+                cuts = self._scene_cuts(self.predict_files)
+                clips = [(f, s) for f, n in enumerate(counts)
+                         for s in clip_starts(0, n, self.frames, self.stride, cuts[f])]
+                if not clips:
+                    raise ValueError(f"{self.predict_path}: no clip of {self.frames} frames to predict on "
+                                     f"(frames per file: {counts}){self._cuts_hint(self.predict_files, cuts)}")
                 self.predict_set = VideoClips(self.predict_files, counts, clips, self.frames, self.color,
                                               self.frame_size(predicting=True), self.cache_mb)
             else:
