@@ -31,7 +31,8 @@ warnings.filterwarnings("ignore", message="Attribute 'generator' is an instance 
 
 
 def check_training_config(frames_in: int, buffer_len: int, lr: float, lr_decay_every: int, lr_decay: float,
-                          bce_eps: float, lr_schedule: str = "step", warmup_fraction: float = 0.1) -> None:
+                          bce_eps: float, lr_schedule: str = "step", warmup_fraction: float = 0.1,
+                          lr_decay_unit: str = "epoch") -> None:
     """Raise a ValueError naming the argument and its allowed range for a training setting that cannot work."""
     if buffer_len > frames_in:
         raise ValueError(f"buffer_len must be <= frames_in ({frames_in}): the generator reads the last buffer_len "
@@ -39,8 +40,8 @@ def check_training_config(frames_in: int, buffer_len: int, lr: float, lr_decay_e
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr}")
     if isinstance(lr_decay_every, bool) or not isinstance(lr_decay_every, int) or lr_decay_every < 1:
-        raise ValueError(f"lr_decay_every must be an integer >= 1 (epochs between learning-rate decays), "
-                         f"got {lr_decay_every!r}")
+        raise ValueError(f"lr_decay_every must be an integer >= 1 (epochs, or steps with lr_decay_unit: step, "
+                         f"between learning-rate decays), got {lr_decay_every!r}")
     if not 0 < lr_decay <= 1:
         raise ValueError(f"lr_decay must be in (0, 1] (the factor applied every lr_decay_every epochs; 1 = "
                          f"constant), got {lr_decay}")
@@ -49,6 +50,8 @@ def check_training_config(frames_in: int, buffer_len: int, lr: float, lr_decay_e
                          f"got {bce_eps}")
     if lr_schedule not in ("step", "onecycle"):
         raise ValueError(f"lr_schedule must be 'step' or 'onecycle', got {lr_schedule!r}")
+    if lr_decay_unit not in ("epoch", "step"):
+        raise ValueError(f"lr_decay_unit must be 'epoch' or 'step' (what lr_decay_every counts), got {lr_decay_unit!r}")
     if not 0 < warmup_fraction < 1:
         raise ValueError(f"warmup_fraction must be in (0, 1) (the share of the run spent warming up), "
                          f"got {warmup_fraction!r}")
@@ -80,10 +83,13 @@ class VideoPrediction(L.LightningModule):
         loss: Literal["bce", "mse"] = "bce",
         lr: float = 1e-3,  # paper: 1e-3 (baseline 1e-4)
         lr_decay_every: int = 20,  # paper: halve the learning rate every 20 epochs
+        lr_decay_unit: Literal["epoch", "step"] = "epoch",  # paper: epochs; "step" keeps a schedule independent
+                                                            # of how many clips an epoch has (your own video)
         lr_decay: float = 0.5,
         bce_eps: float = 1e-7,
         lr_schedule: Literal["step", "onecycle"] = "step",  # paper: step (halve every lr_decay_every epochs)
         warmup_fraction: float = 0.1,  # onecycle only: fraction of the run spent warming up to lr
+        scheduled_sampling: float = 0.0,  # paper: 0 (predictions always fed back); see training_step
     ) -> None:
         super().__init__()
         if loss not in ("bce", "mse"):
@@ -91,7 +97,10 @@ class VideoPrediction(L.LightningModule):
         if frames_in < 1 or frames_out < 1:
             raise ValueError(f"frames_in and frames_out must be >= 1, got {frames_in} and {frames_out}")
         check_training_config(frames_in, buffer_len, lr, lr_decay_every, lr_decay, bce_eps, lr_schedule,
-                              warmup_fraction)
+                              warmup_fraction, lr_decay_unit)
+        if isinstance(scheduled_sampling, bool) or not 0 <= scheduled_sampling <= 1:
+            raise ValueError(f"scheduled_sampling must be in [0, 1] (the fraction of the run over which the "
+                             f"chance of feeding the true frame falls from 1 to 0; 0 = off), got {scheduled_sampling!r}")
         self.save_hyperparameters()
         self.predictor = VideoPredictor(generator, channels=channels, buffer_len=buffer_len, encoder_width=encoder_width,
                                         hidden=hidden, decoder_width=decoder_width, features=features, layout=layout,
@@ -132,9 +141,26 @@ class VideoPrediction(L.LightningModule):
                 return F.binary_cross_entropy(predictions.clamp(eps, 1 - eps), targets)
             return F.mse_loss(predictions, targets)
 
+    def truth_probability(self) -> float:
+        """Scheduled sampling (ours, off by default): the chance that a training step reads the true frame
+        instead of its own prediction, 1 at the start, falling linearly to 0 after ``scheduled_sampling``
+        of the run (Bengio et al. 2015's linear decay; PredRNN trains Moving MNIST this way)."""
+        fraction = self.hparams.get("scheduled_sampling", 0.0)
+        if not fraction:
+            return 0.0
+        total = max(1.0, fraction * float(self.trainer.estimated_stepping_batches))
+        return max(0.0, 1.0 - self.global_step / total)
+
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         inputs, targets = self.split(batch)
-        loss = self.loss(self(inputs), targets)
+        p = self.truth_probability()
+        if p > 0:  # the global RNG: RunGuard checkpoints it, so a resumed run draws the same masks
+            feed_truth = torch.rand(len(batch), self.frames_out, device=batch.device) < p  # (B, frames_out)
+            predictions = self.predictor(inputs, self.frames_out, truth=targets, feed_truth=feed_truth)
+            self.log("train/truth_probability", p)
+        else:
+            predictions = self(inputs)
+        loss = self.loss(predictions, targets)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -190,7 +216,9 @@ class VideoPrediction(L.LightningModule):
                 pct_start=self.hparams.warmup_fraction, cycle_momentum=False)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, self.hparams.lr_decay_every, self.hparams.lr_decay)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        # StepLR counts its own .step() calls; Lightning calls it once per epoch or once per optimiser step.
+        interval = self.hparams.get("lr_decay_unit", "epoch")  # checkpoints from before the option: epochs
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -151,18 +151,30 @@ class VideoPredictor(nn.Module):
             x = self.act(conv(x))  # leaky ReLU on every layer, the last one too (authors' code)
         return filtered + x
 
-    def forward(self, frames: torch.Tensor, frames_out: int, keep_filters: bool = False):
+    def forward(self, frames: torch.Tensor, frames_out: int, keep_filters: bool = False, *,
+                truth: torch.Tensor | None = None, feed_truth: torch.Tensor | None = None):
         """Predict `frames_out` frames after the given ones.
 
         frames: (B, T_in, C, H, W) in [0, 1], T_in >= buffer_len. Returns predictions (B, frames_out, C, H, W)
         (in [0, 1] with softmax-normalised filters and no refinement), and with ``keep_filters`` also the list of the filters
         that made each prediction (as the generator returns them).
+
+        Scheduled sampling (training only, ours; Bengio et al. 2015): with ``truth`` (B, frames_out, C, H, W)
+        and ``feed_truth`` (B, frames_out) bool, the frame read after predicting frame k is ``truth[:, k]``
+        where ``feed_truth[:, k]`` and the prediction elsewhere. Without them (the paper, and always at
+        evaluation) every prediction is fed back.
         """
         if frames.dim() != 5 or frames.shape[2] != self.channels:
             raise ValueError(f"VideoPredictor: frames must be (B, T, C={self.channels}, H, W); got {tuple(frames.shape)}")
         t_in = frames.shape[1]
         if t_in < self.buffer_len:
             raise ValueError(f"VideoPredictor: needs at least buffer_len={self.buffer_len} input frames, got {t_in}")
+        if (truth is None) != (feed_truth is None):
+            raise ValueError("VideoPredictor: scheduled sampling needs both `truth` and `feed_truth`")
+        if feed_truth is not None and (truth.shape[:2] != (frames.shape[0], frames_out)
+                                       or feed_truth.shape != (frames.shape[0], frames_out)):
+            raise ValueError(f"VideoPredictor: truth must be (B, frames_out={frames_out}, C, H, W) and feed_truth "
+                             f"(B, frames_out); got {tuple(truth.shape)} and {tuple(feed_truth.shape)}")
         sequence = list(frames.unbind(1))  # ground truth now, own predictions appended as they come
         predictions, filters_kept = [], []
         hidden = None
@@ -177,7 +189,11 @@ class VideoPredictor(nn.Module):
             prediction = self.generator.filtering(sequence[t], filters)  # filter the frame this step read
             if self.refinement is not None:
                 prediction = self.refine(prediction, inputs)
-            sequence.append(prediction)
+            k = len(predictions)
+            if feed_truth is None:
+                sequence.append(prediction)
+            else:  # (B, 1, 1, 1) mask: per sample, read the true frame instead of the prediction
+                sequence.append(torch.where(feed_truth[:, k, None, None, None], truth[:, k], prediction))
             predictions.append(prediction)
             if keep_filters:
                 filters_kept.append(filters)

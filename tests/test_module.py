@@ -61,12 +61,25 @@ def test_val_loss_is_the_training_loss_per_frame(loss, generator, module):
     ("lr_decay", 0.0, "(0, 1]"), ("lr_decay", 1.5, "(0, 1]"),
     ("buffer_len", 3, "<= frames_in (2)"),
     ("lr_schedule", "cosine", "'step' or 'onecycle'"), ("warmup_fraction", 0.0, "(0, 1)"),
-    ("warmup_fraction", 1.0, "(0, 1)"),
+    ("warmup_fraction", 1.0, "(0, 1)"), ("lr_decay_unit", "iteration", "'epoch' or 'step'"),
+    ("scheduled_sampling", 1.5, "[0, 1]"), ("scheduled_sampling", -0.1, "[0, 1]"),
 ])
 def test_bad_training_settings_fail_at_construction(name, value, allowed):
     with pytest.raises(ValueError) as err:
         VideoPrediction(DFN(kernel_size=3), **{**SMALL, name: value})
     assert name in str(err.value) and allowed in str(err.value) and str(value) in str(err.value)
+
+
+def scheduled_lrs(config: dict, steps: int) -> list[float]:
+    """The learning rate of each of `steps` optimiser steps under `configure_optimizers`' scheduler, stepped
+    once per step (as Lightning does for interval "step")."""
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    lrs = []
+    for _ in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
 
 
 def test_onecycle_schedule_warms_up_to_lr_then_anneals_to_zero_per_step():
@@ -78,16 +91,39 @@ def test_onecycle_schedule_warms_up_to_lr_then_anneals_to_zero_per_step():
                                                    "warmup_fraction": 0.2})
     model._trainer = types.SimpleNamespace(estimated_stepping_batches=10)  # what Lightning derives from max_steps
     config = model.configure_optimizers()
-    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
     assert config["lr_scheduler"]["interval"] == "step"
-    lrs = []
-    for _ in range(10):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
+    lrs = scheduled_lrs(config, 10)
     assert lrs[0] == pytest.approx(3e-3 / 25)
     assert max(lrs) == pytest.approx(3e-3) and lrs.index(max(lrs)) == 1  # 0.2 * 10 steps, peak at the 2nd
     assert all(a > b for a, b in zip(lrs[1:], lrs[2:])) and lrs[-1] < 3e-3 * 1e-3
+
+
+def test_step_decay_counts_optimiser_steps_with_lr_decay_unit_step():
+    """lr_decay_unit: step: StepLR stepped by Lightning after every optimiser step; by hand, with
+    lr_decay_every 3 and lr_decay 0.5 the 7 first steps run at lr, lr, lr, lr/2, lr/2, lr/2, lr/4."""
+    model = VideoPrediction(DFN(kernel_size=3), **{**SMALL, "lr": 1e-3, "lr_decay_every": 3,
+                                                   "lr_decay_unit": "step"})
+    config = model.configure_optimizers()
+    assert config["lr_scheduler"]["interval"] == "step"
+    lrs = scheduled_lrs(config, 7)
+    assert lrs == pytest.approx([1e-3] * 3 + [5e-4] * 3 + [2.5e-4])
+    default = VideoPrediction(DFN(kernel_size=3), **SMALL).configure_optimizers()
+    assert default["lr_scheduler"]["interval"] == "epoch"  # the paper's: every 20 epochs
+
+
+def test_scheduled_sampling_probability_falls_linearly_to_zero():
+    """By hand: 100 steps, scheduled_sampling 0.5 -> p = 1 - step/50 until step 50, then 0; off by default."""
+    import types
+
+    model = VideoPrediction(DFN(kernel_size=3), **{**SMALL, "scheduled_sampling": 0.5})
+    probabilities = {}
+    for step in (0, 10, 25, 49, 50, 80):
+        model._trainer = types.SimpleNamespace(estimated_stepping_batches=100, global_step=step)
+        probabilities[step] = model.truth_probability()
+    assert probabilities == pytest.approx({0: 1.0, 10: 0.8, 25: 0.5, 49: 0.02, 50: 0.0, 80: 0.0})
+    model = VideoPrediction(DFN(kernel_size=3), **SMALL)
+    model._trainer = types.SimpleNamespace(estimated_stepping_batches=100, global_step=0)
+    assert model.truth_probability() == 0.0  # the paper: predictions always fed back
 
 
 def test_edge_values_are_accepted():

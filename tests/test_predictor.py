@@ -256,6 +256,35 @@ def test_softmax_filters_keep_predictions_in_unit_range():
     assert predictions.min() >= 0 and predictions.max() <= 1 + 1e-6
 
 
+# ---------------------------------------------------------------- scheduled sampling (ours, off by default)
+
+
+def test_feeding_the_truth_is_teacher_forcing_per_sample():
+    # Independent truth: a step that reads the true frame k is the 1-step prediction of a model warmed
+    # up on the inputs followed by the true frames 0..k-1 (same weights, same recurrence).
+    torch.manual_seed(0)
+    model = VideoPredictor(DFN(kernel_size=3), encoder_width=4, hidden=8, decoder_width=8, features=8).eval()
+    frames, truth = torch.rand(2, 3, 1, 12, 12), torch.rand(2, 4, 1, 12, 12)
+    feed = torch.tensor([[True, True, True, True], [False, False, False, False]])
+    with torch.no_grad():
+        mixed = model(frames, 4, truth=truth, feed_truth=feed)
+        free = model(frames, 4)
+        for k in range(4):
+            forced = model(torch.cat([frames, truth[:, :k]], dim=1), 1)[:, 0]
+            torch.testing.assert_close(mixed[0, k], forced[0])  # sample 0 always read the truth
+        torch.testing.assert_close(mixed[1], free[1])  # sample 1 never did: the paper's rollout
+        assert not torch.allclose(mixed[0, 1:], free[0, 1:])  # and reading the truth changed sample 0
+
+
+def test_scheduled_sampling_arguments_are_checked():
+    model = VideoPredictor(DFN(kernel_size=3), encoder_width=4, hidden=8, decoder_width=8, features=8)
+    frames = torch.rand(2, 3, 1, 8, 8)
+    with pytest.raises(ValueError, match="both"):
+        model(frames, 2, truth=torch.rand(2, 2, 1, 8, 8))
+    with pytest.raises(ValueError, match="feed_truth"):
+        model(frames, 2, truth=torch.rand(2, 3, 1, 8, 8), feed_truth=torch.ones(2, 3, dtype=torch.bool))
+
+
 def test_warm_up_frames_change_the_prediction():
     # The hidden state carries the past: the same last frame after different histories predicts differently.
     torch.manual_seed(0)
