@@ -1,7 +1,7 @@
 """Scene cuts: where a video jumps to a new shot, so that clips can be kept inside one shot.
 
 A clip that spans a hard cut asks the model to predict an unrelated picture from the frames before it:
-unpredictable noise for training, and it dominates test error (on ``data/samples/bikes.mp4``, the 4 of
+unpredictable noise for training, and it dominates test error (on ``data/samples/bikes.mp4``, the 5 of
 20 test clips across its last cut carry ~90% of copy-last's error).
 
 Detection is the classic frame-difference test, on small gray frames: with
