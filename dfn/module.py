@@ -32,7 +32,7 @@ warnings.filterwarnings("ignore", message="Attribute 'generator' is an instance 
 
 def check_training_config(frames_in: int, buffer_len: int, lr: float, lr_decay_every: int, lr_decay: float,
                           bce_eps: float, lr_schedule: str = "step", warmup_fraction: float = 0.1,
-                          lr_decay_unit: str = "epoch") -> None:
+                          lr_decay_unit: str = "epoch", scheduled_sampling: float = 0.0) -> None:
     """Raise a ValueError naming the argument and its allowed range for a training setting that cannot work."""
     if buffer_len > frames_in:
         raise ValueError(f"buffer_len must be <= frames_in ({frames_in}): the generator reads the last buffer_len "
@@ -43,8 +43,8 @@ def check_training_config(frames_in: int, buffer_len: int, lr: float, lr_decay_e
         raise ValueError(f"lr_decay_every must be an integer >= 1 (epochs, or steps with lr_decay_unit: step, "
                          f"between learning-rate decays), got {lr_decay_every!r}")
     if not 0 < lr_decay <= 1:
-        raise ValueError(f"lr_decay must be in (0, 1] (the factor applied every lr_decay_every epochs; 1 = "
-                         f"constant), got {lr_decay}")
+        raise ValueError(f"lr_decay must be in (0, 1] (the factor applied every lr_decay_every epochs or steps; "
+                         f"1 = constant), got {lr_decay}")
     if not 0 < bce_eps < 0.5:
         raise ValueError(f"bce_eps must be in (0, 0.5) (predictions are clipped to [bce_eps, 1 - bce_eps]), "
                          f"got {bce_eps}")
@@ -55,6 +55,9 @@ def check_training_config(frames_in: int, buffer_len: int, lr: float, lr_decay_e
     if not 0 < warmup_fraction < 1:
         raise ValueError(f"warmup_fraction must be in (0, 1) (the share of the run spent warming up), "
                          f"got {warmup_fraction!r}")
+    if isinstance(scheduled_sampling, bool) or not 0 <= scheduled_sampling <= 1:
+        raise ValueError(f"scheduled_sampling must be in [0, 1] (the fraction of the run over which the chance "
+                         f"of feeding the true frame falls from 1 to 0; 0 = off), got {scheduled_sampling!r}")
 
 
 class VideoPrediction(L.LightningModule):
@@ -97,10 +100,7 @@ class VideoPrediction(L.LightningModule):
         if frames_in < 1 or frames_out < 1:
             raise ValueError(f"frames_in and frames_out must be >= 1, got {frames_in} and {frames_out}")
         check_training_config(frames_in, buffer_len, lr, lr_decay_every, lr_decay, bce_eps, lr_schedule,
-                              warmup_fraction, lr_decay_unit)
-        if isinstance(scheduled_sampling, bool) or not 0 <= scheduled_sampling <= 1:
-            raise ValueError(f"scheduled_sampling must be in [0, 1] (the fraction of the run over which the "
-                             f"chance of feeding the true frame falls from 1 to 0; 0 = off), got {scheduled_sampling!r}")
+                              warmup_fraction, lr_decay_unit, scheduled_sampling)
         self.save_hyperparameters()
         self.predictor = VideoPredictor(generator, channels=channels, buffer_len=buffer_len, encoder_width=encoder_width,
                                         hidden=hidden, decoder_width=decoder_width, features=features, layout=layout,

@@ -22,7 +22,7 @@ Initialisation: random kernels (``identity_init=False``, default), as the paper.
 issue 9 (every kernel ≈ the centre filter) is available but off: the one-hot centre filter is an extreme
 point of the set of normalised filters, so a mixture can only start at it if *every* kernel does; the
 kernels then look alike, ∂L/∂π_k = <∂L/∂W̃, W_k> is nearly the same for every k and the softmax removes
-that common part, so the attention gets ~100× less gradient than from random kernels (measured; tested in
+that common part, so the attention gets ~50× less gradient than from random kernels (measured; tested in
 ``tests/test_generators.py``) and stays uniform — per-sample and per-pixel DynamicConv then trained to the
 same model (issue 8's comparison, to three digits). τ = 30 exists to train all kernels from a random start.
 """
