@@ -61,12 +61,14 @@ def centre_tap(kernel_size: int) -> int:
     return kernel_size**2 // 2
 
 
-def identity_head_(head: nn.Conv2d | nn.Linear, kernel_size: int) -> nn.Module:
-    """Make a filter head start at the centre filter: small He weights, bias L on the centre tap, else 0.
+def identity_head_(head: nn.Conv2d | nn.Linear, kernel_size: int,
+                   weight_scale: float = IDENTITY_WEIGHT_SCALE) -> nn.Module:
+    """Make a filter head start at the centre filter: He weights times ``weight_scale``, bias L on the
+    centre tap, else 0.
 
     ``head`` outputs the K*K tap logits first (then, possibly, a dynamic-bias channel, which starts at 0).
     """
-    he_uniform_(head, scale=IDENTITY_WEIGHT_SCALE)
+    he_uniform_(head, scale=weight_scale)
     with torch.no_grad():
         head.bias[centre_tap(kernel_size)] = identity_logit(kernel_size)
     return head
