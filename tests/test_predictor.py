@@ -271,6 +271,12 @@ def test_full_scale_identity_start_feeds_the_trunk():
     assert full > 30 * small, (small, full)
 
 
+@pytest.mark.parametrize("bad", [0, -0.5, 1.5, True, "1"])
+def test_identity_weight_scale_is_checked(bad):
+    with pytest.raises(ValueError, match="identity_weight_scale must be a number in \\(0, 1\\]"):
+        DFN(identity_init=True, identity_weight_scale=bad)
+
+
 def test_softmax_filters_keep_predictions_in_unit_range():
     predictor = VideoPredictor(DFN(kernel_size=5), encoder_width=4, hidden=8, decoder_width=8, features=8)
     predictions = predictor(torch.rand(2, 3, 1, 16, 16), frames_out=4)
