@@ -97,6 +97,16 @@ def check_int(owner: str, name: str, value: Any, minimum: int = 1) -> None:
         raise ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
 
 
+def check_positive(owner: str, name: str, value: Any, maximum: float | None = None, meaning: str = "") -> None:
+    """Raise a ValueError naming ``owner.name`` unless ``value`` is a number > 0 (and <= ``maximum`` when
+    given; bools rejected). ``meaning`` is appended to the message in parentheses."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
+            or (maximum is not None and value > maximum):
+        allowed = f"in (0, {maximum:g}]" if maximum is not None else "> 0"
+        why = f" ({meaning})" if meaning else ""
+        raise ValueError(f"{owner}: {name} must be a number {allowed}{why}, got {value!r}")
+
+
 def check_choice(owner: str, name: str, value: Any, allowed: tuple[str, ...]) -> None:
     """Raise a ValueError naming ``owner.name`` and the allowed values unless ``value`` is one of them."""
     if value not in allowed:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from dfn.generators.base import FilterGenerator, Mode, check_choice, check_int, pooled
+from dfn.generators.base import FilterGenerator, Mode, check_choice, check_int, check_positive, pooled
 from dfn.ops import PaddingMode
 from dfn.generators.initialisation import IDENTITY_WEIGHT_SCALE, he_uniform_, identity_head_
 
@@ -55,10 +55,8 @@ class DFN(FilterGenerator):
         if identity_init and not softmax:
             raise ValueError("DFN: identity_init needs softmax=True (the centre logit only wins under softmax)")
         self.dilation, self.softmax, self.dynamic_bias = dilation, softmax, dynamic_bias
-        if not isinstance(identity_weight_scale, (int, float)) or isinstance(identity_weight_scale, bool) \
-                or not 0 < identity_weight_scale <= 1:
-            raise ValueError(f"DFN: identity_weight_scale must be a number in (0, 1] (the head's starting weights "
-                             f"as a fraction of their He bound), got {identity_weight_scale!r}")
+        check_positive("DFN", "identity_weight_scale", identity_weight_scale, maximum=1,
+                       meaning="the head's starting weights as a fraction of their He bound")
         self.identity_init, self.identity_weight_scale = identity_init, float(identity_weight_scale)
 
     def _build(self, features: int, channels: int) -> None:

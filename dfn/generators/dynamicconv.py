@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dfn.generators.base import Mode, check_int, pooled
+from dfn.generators.base import Mode, check_int, check_positive, pooled
 from dfn.ops import PaddingMode
 from dfn.generators.initialisation import he_uniform_
 from dfn.generators.mixture import KernelMixture
@@ -66,8 +66,7 @@ class DynamicConv(KernelMixture):
     ) -> None:
         check_int("DynamicConv", "kernels", kernels)
         check_int("DynamicConv", "reduction", reduction)
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-            raise ValueError(f"DynamicConv: temperature must be a number > 0, got {temperature!r}")
+        check_positive("DynamicConv", "temperature", temperature)
         super().__init__(kernel_size, mode, kernels, dilation, softmax, dynamic_bias, identity_init,
                          normalise_experts=True, padding_mode=padding_mode)
         self.reduction = reduction
