@@ -126,6 +126,12 @@ class SaveRunConfig(SaveConfigCallback):
         path = run_dir(trainer) / "config.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=False)
+        if not isinstance(pl_module, VideoPrediction):  # another task (steerable filters, stereo): its own facts
+            facts = {"parameters": sum(p.numel() for p in pl_module.parameters() if p.requires_grad)}
+            pl_module.run_facts = facts
+            for logger in trainer.loggers:
+                logger.log_hyperparams({"config": self.parser.dump(self.config, skip_none=False), **facts})
+            return
         data = trainer.datamodule
         if callable(getattr(data, "frame_size", None)):  # VideoFolder: keep_aspect frames are not square
             height, width = data.frame_size(predicting=stage == "predict")
@@ -155,11 +161,19 @@ class IterationTimer(L.Callback):
         return float(torch.tensor(self.durations).median()) if self.durations else None
 
 
+# Callbacks that read frame sequences from a VideoPrediction (GIFs, filter flow, horizon and sequence tables).
+VIDEO_CALLBACKS = (PredictionGIFs, FilterFlowGIFs, PredictionFiles, HorizonTables, WandbMetrics, SequenceTable)
+
+
 class DFNCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # The model configures itself from the data (REFERENCE: any frames_in/frames_out/channels).
+        # Subclass mode for the model too: a YAML's `model: class_path:` picks the task (video prediction
+        # by default, or e.g. the steerable-filter and stereo tasks); a link whose target the chosen task
+        # does not take is skipped by jsonargparse.
+        parser.set_defaults({"model": {"class_path": "dfn.module.VideoPrediction"}})
         for name in ("frames_in", "frames_out", "channels", "image_size"):
-            parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
+            parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val/loss",  # model selection on validation only, never on test
@@ -182,6 +196,13 @@ class DFNCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         choose_wandb_mode()
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        if not isinstance(self.model, VideoPrediction):
+            # Another task (steerable filters, stereo): the callbacks that draw or score frame sequences
+            # do not apply; checkpoints, RunGuard, metrics.csv, timing and the lr monitor do.
+            self.trainer.callbacks = [c for c in self.trainer.callbacks if not isinstance(c, VIDEO_CALLBACKS)]
 
     def _parse_ckpt_path(self) -> None:
         """``--ckpt_path``: a file or a run directory (its latest complete checkpoint), checked before
@@ -225,6 +246,10 @@ class DFNCLI(LightningCLI):
         if self.trainer.fast_dev_run or self.trainer.interrupted:
             return
         best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
+        if not isinstance(self.model, VideoPrediction):  # another task: test the final weights once
+            results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=None)
+            self.summarise_task(results[0] if results else {})
+            return
         # First the final weights (still in memory), as the paper reports them: logged as test_final/...
         self.model.test_prefix = "test_final"
         try:
@@ -237,8 +262,24 @@ class DFNCLI(LightningCLI):
         self.summarise(best, final)
 
     def after_test(self) -> None:
-        if self.subcommand == "test":
+        if self.subcommand == "test" and not isinstance(self.model, VideoPrediction):
+            self.summarise_task({k: v for k, v in self.trainer.callback_metrics.items() if k.startswith("test")})
+        elif self.subcommand == "test":
             self.summarise(self.config["test"].get("ckpt_path") or "")
+
+    def summarise_task(self, results: dict) -> None:
+        """Summary of a task other than video prediction: ``<run dir>/summary.json`` and one line."""
+        if not self.trainer.is_global_zero:
+            return
+        directory = run_dir(self.trainer)
+        timer = self._callback(IterationTimer)
+        results = {k: float(v) for k, v in results.items()}
+        write_json(directory / "summary.json", {
+            "run_dir": str(directory), "global_step": self.trainer.global_step,
+            "seconds_per_iteration": timer.seconds_per_iteration() if timer else None,
+            **getattr(self.model, "run_facts", {}), **results})
+        scores = ", ".join(f"{k} {v:.4g}" for k, v in sorted(results.items())) or "no test metrics"
+        print(f"dfn: run {directory} | {scores} | summary {directory / 'summary.json'}")
 
     def after_predict(self) -> None:
         writer = self._callback(PredictionFiles)
@@ -298,8 +339,9 @@ def main(args: list[str] | None = None, run: bool = True) -> DFNCLI:
 
 def _main(args: list[str] | None, run: bool) -> DFNCLI:
     cli = DFNCLI(
-        VideoPrediction,
+        L.LightningModule,
         L.LightningDataModule,
+        subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_callback=SaveRunConfig,
         save_config_kwargs={"save_to_log_dir": False},

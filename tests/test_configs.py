@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Training configs; experiments/sweeps holds wandb sweep definitions (tests/test_sweeps.py checks those).
 CONFIGS = sorted(c for c in (ROOT / "experiments").rglob("*.yaml") if c.parent.name != "sweeps")
 # Configs that read the user's own data files (placeholders in the YAML): built here on the embedded data.
-USER_DATA = {"paper_protocol.yaml": ["--data.init_args.digits", "embedded", "--data.init_args.test_file", "null"]}
+USER_DATA = {"paper_protocol.yaml": ["--data.init_args.digits", "embedded", "--data.init_args.test_file", "null"],
+             "moving_mnist_cpu.yaml": ["--data.init_args.digits", "embedded"]}
 
 
 def data_args(config: Path, tmp_path: Path) -> list[str]:
