@@ -10,6 +10,13 @@ import torch
 from dfn.data import MovingMNIST, ShuffledShard, StridedShard, SyntheticHighway
 
 
+def assert_same_batches(got: list[torch.Tensor], expected: list[torch.Tensor]) -> None:
+    """The same batches in the same order: equal counts (an empty or short loader fails), each equal."""
+    assert len(got) == len(expected), f"{len(got)} batches, expected {len(expected)}"
+    for i, (a, b) in enumerate(zip(got, expected)):
+        assert torch.equal(a, b), f"batch {i} differs"
+
+
 @pytest.mark.parametrize("world", [1, 2, 3])
 @pytest.mark.parametrize("n", [10, 11, 1])
 def test_strided_shard_partitions(world, n):
@@ -106,13 +113,14 @@ def test_training_stream_same_for_any_workers_and_devices(make):
     reference = list(make().train_dataloader())
     assert len(reference) == 5 and len({float(b.sum()) for b in reference}) == 5
     workers = list(make(num_workers=2).train_dataloader())
-    assert len(workers) == 5 and all(torch.equal(a, b) for a, b in zip(reference, workers))
+    assert_same_batches(workers, reference)
     halves = []
     for rank in range(2):  # two devices with half the batch each: side by side, the same global batches
         dm = make(batch_size=2)
         dm.trainer = SimpleNamespace(world_size=2, global_rank=rank, current_epoch=0)
         halves.append(list(dm.train_dataloader()))
-    assert all(torch.equal(torch.cat([a, b]), ref) for a, b, ref in zip(*halves, reference))
+    assert len(halves[0]) == len(halves[1]) == len(reference)
+    assert_same_batches([torch.cat([a, b]) for a, b in zip(*halves)], reference)
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -123,12 +131,13 @@ def test_stream_resumes_mid_epoch_without_replaying(num_workers):
     resumed = _tiny_mnist(num_workers=num_workers).train_dataloader()
     resumed.load_state_dict({"epoch": 1, "batch": 2})  # two batches of epoch 1 were trained on
     rest = list(resumed)
-    assert len(rest) == 3 and all(torch.equal(a, b) for a, b in zip(rest, epoch1[2:]))
+    assert_same_batches(rest, epoch1[2:])
+    assert len(rest) == 3
     assert not torch.equal(rest[0], epoch0[2])
     assert len(list(resumed)) == 5  # the pass after is a whole epoch again
     finished = _tiny_mnist().train_dataloader()
     finished.load_state_dict({"epoch": 0, "batch": 5})  # saved at the end of epoch 0: next is epoch 1
-    assert all(torch.equal(a, b) for a, b in zip(list(finished), epoch1))
+    assert_same_batches(list(finished), epoch1)
 
 
 def test_map_style_loader_resumes_mid_epoch():
@@ -140,10 +149,12 @@ def test_map_style_loader_resumes_mid_epoch():
     loader = dm._shuffled_loader(data)
     assert isinstance(loader, ShuffledLoader)
     epochs = [list(loader), list(loader)]
-    assert all(torch.equal(a, b) for a, b in zip(full, epochs[0])) and not torch.equal(epochs[0][0], epochs[1][0])
+    assert_same_batches(full, epochs[0])
+    assert not torch.equal(epochs[0][0], epochs[1][0])
     resumed = dm._shuffled_loader(data)
     resumed.load_state_dict({"epoch": 1, "batch": 4})
     rest = list(resumed)
-    assert len(rest) == len(epochs[1]) - 4 and all(torch.equal(a, b) for a, b in zip(rest, epochs[1][4:]))
+    assert_same_batches(rest, epochs[1][4:])
+    assert len(rest) == len(epochs[1]) - 4
     with pytest.raises(ValueError, match="outside this loader's 0..6 batches"):
         resumed.load_state_dict({"epoch": 1, "batch": 9})

@@ -4,6 +4,7 @@ every parameter inside the predictor, constructors validate, and the τ schedule
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -267,30 +268,33 @@ def test_gradients_reach_every_generator_parameter(name, channels):
 # ---------------------------------------------------------------- construction is validated
 
 
-@pytest.mark.parametrize("make", [
-    lambda: CondConv(experts=0),
-    lambda: CondConv(mode="global"),
-    lambda: DynamicConv(kernels=0),
-    lambda: DynamicConv(temperature=0.0),
-    lambda: DyNet(degree=-1),
-    lambda: DyNet(bank="polynomial", degree=0, identity_init=False),  # softmax leaves no basis
-    lambda: DyNet(bank="polynomial", degree=1),  # the identity start needs a quadratic
-    lambda: DyNet(bank="fixed"),
-    lambda: DyNet(kernels=0),
-    lambda: DyNet(kernel_size=1, bank="polynomial", degree=1, softmax=False, identity_init=False),  # 3 > 1
-    lambda: DFN(dilation=0),
-    lambda: DFN(kernel_size=4),
-    lambda: DFN(softmax=False, identity_init=True),
-    lambda: CondInst(mode="local"),
-    lambda: CondInst(head_layers=0),
-    lambda: HDFNet(mode="conv"),
-    lambda: HDFNet(dilations=(1, 0)),
-    lambda: DMNet(mode="local"),
-    lambda: DMNet(scales=(1, 4)),
-    lambda: DMNet(scales=(3, 3)),
+@pytest.mark.parametrize("make, message", [
+    (lambda: CondConv(experts=0), "CondConv: experts must be an integer >= 1, got 0"),
+    (lambda: CondConv(mode="global"), "CondConv: mode must be one of 'local', 'conv'; got 'global'"),
+    (lambda: DynamicConv(kernels=0), "DynamicConv: kernels must be an integer >= 1"),
+    (lambda: DynamicConv(temperature=0.0), "DynamicConv: temperature must be a number > 0"),
+    (lambda: DyNet(degree=-1), "DyNet: degree must be an integer >= 0"),
+    (lambda: DyNet(bank="polynomial", degree=0, identity_init=False), "leaves no basis"),  # softmax drops a constant
+    (lambda: DyNet(bank="polynomial", degree=1), "identity_init with the polynomial bank needs degree >= 2"),
+    (lambda: DyNet(bank="fixed"), "DyNet: bank must be one of 'learned', 'polynomial'; got 'fixed'"),
+    (lambda: DyNet(kernels=0), "DyNet: kernels must be an integer >= 1"),
+    (lambda: DyNet(kernel_size=1, bank="polynomial", degree=1, softmax=False, identity_init=False),
+     "degree 1 gives 3 bases, more than the 1 values"),
+    (lambda: DFN(dilation=0), "DFN: dilation must be an integer >= 1"),
+    (lambda: DFN(kernel_size=4), "DFN: kernel_size must be a positive odd integer, got 4"),
+    (lambda: DFN(softmax=False, identity_init=True), "DFN: identity_init needs softmax=True"),
+    (lambda: CondInst(mode="local"), "CondInst: mode must be 'conv'"),
+    (lambda: CondInst(head_layers=0), "CondInst: head_layers must be >= 1"),
+    (lambda: HDFNet(mode="conv"), "HDFNet: mode must be 'local'"),
+    (lambda: HDFNet(dilations=(1, 0)), "HDFNet: dilations must be a non-empty sequence of integers >= 1"),
+    (lambda: DMNet(mode="local"), "DMNet: mode must be 'conv'"),
+    (lambda: DMNet(scales=(1, 4)), "DMNet: scales must be a non-empty sequence of positive odd integers"),
+    (lambda: DMNet(scales=(3, 3)), "DMNet: scales must be distinct"),
 ])
-def test_bad_arguments_raise(make):
-    with pytest.raises(ValueError):
+def test_bad_arguments_raise(make, message):
+    # The message names the generator, the argument and the problem (a bare ValueError could come from
+    # anywhere, e.g. a shape error deep in the build).
+    with pytest.raises(ValueError, match=re.escape(message)):
         make()
 
 

@@ -45,10 +45,15 @@ def interpret(monkeypatch):
 @pytest.mark.skipif(IN_CHILD, reason="this is the fresh process")
 def test_interpreter_tests_in_a_fresh_process():
     """Runs this file again in a new process, where its interpreter tests run (see the module docstring)."""
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__))],
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", str(Path(__file__))],
                           env={**os.environ, CHILD: "1"}, cwd=Path(__file__).parents[1],
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    # Every interpreter test must have run there: a child that skipped them all would also exit 0. The
+    # only skips allowed in the child are the CUDA tests and this test itself (-rs lists each reason).
+    skips = [line for line in done.stdout.splitlines() if line.startswith("SKIPPED")]
+    unexpected = [line for line in skips if "needs CUDA" not in line and "this is the fresh process" not in line]
+    assert not unexpected, "interpreter tests skipped in the fresh process:\n" + "\n".join(unexpected)
     assert " passed" in done.stdout and " failed" not in done.stdout
 
 
