@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-command GPU check (issue 12): scripts/gpu_check.sh [--cpu-smoke] [stage ...]
+# One-command GPU check (docs/gpu.md): scripts/gpu_check.sh [--cpu-smoke] [stage ...]
 #
 # Stages (default: env tests ops train paper; `compare` only when named):
 #   env      nvidia-smi, torch/triton/lightning versions                       -> env.log
@@ -11,7 +11,7 @@
 #   paper    train.py fit of experiments/moving_mnist/dfn.yaml for the time left, then its test BCE
 #            on DFN_PAPER_TEST_SIZE (default 2000) test sequences              -> paper_summary.json
 #            (DFN_PAPER_ARGS: extra train.py arguments, e.g. "--trainer.precision bf16-mixed")
-#   compare  python -m dfn.compare experiments/highway/*.yaml --jobs 8 (issue 8 table) -> compare/
+#   compare  python -m dfn.compare experiments/highway/*.yaml --jobs 8 (the table of docs/highway.md) -> compare/
 # Everything goes to $OUT (default ./gpu_out): one log per stage, JSON results, stages.jsonl (rc and
 # seconds per stage) and summary.json. Each stage is hard-limited with `timeout`, and the whole run
 # by DFN_GPU_CHECK_BUDGET seconds (default 470): a stuck stage cannot eat the device time. A failing

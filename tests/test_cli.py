@@ -151,9 +151,10 @@ def test_a_bad_setting_stops_the_cli_with_its_name_and_range(tmp_path):
     assert not list(tmp_path.glob("runs/dfn/*/checkpoints/*.ckpt"))
 
 
-def test_paper_protocol_refuses_to_run_without_the_users_test_file(tmp_path):
+def test_paper_protocol_refuses_a_test_file_that_is_not_there(tmp_path):
     proc = run_failing(["fit", "--config", str(ROOT / "experiments" / "moving_mnist" / "paper_protocol.yaml"),
-                        "--data.init_args.mnist_dir", str(tmp_path)], tmp_path)
+                        "--data.init_args.mnist_dir", str(tmp_path), "--data.init_args.download", "false",
+                        "--data.init_args.test_file", "data/mnist_test_seq.npy"], tmp_path)
     assert proc.returncode != 0
     assert "test_file data/mnist_test_seq.npy: no such file" in proc.stderr
 

@@ -1,17 +1,16 @@
-"""MNIST IDX files (gzipped and raw), header validation, and the download failure message."""
+"""MNIST IDX files (gzipped and raw), header validation, writing them, the mnist.pkl.gz conversion, messages."""
 
 from __future__ import annotations
 
 import gzip
+import pickle
 import struct
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
 
 from dfn.data import MovingMNIST
-from dfn.data.digits import load_mnist_idx, read_idx_images
+from dfn.data.digits import idx_bytes, load_mnist_idx, mnist_pickle_images, read_idx_images
 
 
 def write_idx(path, images: np.ndarray, magic: int = 0x803, gz: bool = False) -> None:
@@ -61,21 +60,48 @@ def test_idx_validation(tmp_path):
 
 
 def test_missing_files_message(tmp_path):
-    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
+    with pytest.raises(FileNotFoundError, match=r"has no train-images-idx3-ubyte\[\.gz\] and no t10k.*fetch mnist --dest"):
         load_mnist_idx(tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_mnist_idx(tmp_path / "absent")
-    with pytest.raises(ValueError, match="mnist_dir"):
-        MovingMNIST(digits="mnist")
+    fake_mnist(tmp_path, gz=False)
+    (tmp_path / "t10k-images-idx3-ubyte").unlink()
+    with pytest.raises(FileNotFoundError, match=r"has no t10k-images-idx3-ubyte\[\.gz\];"):
+        load_mnist_idx(tmp_path)
 
 
-def test_download_failure_message(tmp_path, monkeypatch):
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("no network")
+@pytest.mark.parametrize("n", [0, 1, 7])
+def test_idx_bytes_round_trip(tmp_path, n):
+    images = np.random.default_rng(n).integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    data = idx_bytes(images)
+    assert data[:16] == bytes.fromhex("00000803") + struct.pack(">III", n, 28, 28)  # the IDX3 header by hand
+    write_idx(tmp_path / "mine", images)  # this file's own writer, from the format's definition
+    assert data == (tmp_path / "mine").read_bytes()
+    (tmp_path / "f").write_bytes(data)
+    assert np.array_equal(read_idx_images(tmp_path / "f"), images)
+    with pytest.raises(ValueError, match="uint8"):
+        idx_bytes(images.astype(np.int16))
 
-    monkeypatch.setattr(urllib.request, "urlopen", offline)
-    with pytest.raises(RuntimeError) as info:
-        load_mnist_idx(tmp_path / "mnist", download=True)
-    msg = str(info.value)
-    assert "train-images-idx3-ubyte.gz" in msg and str(tmp_path / "mnist") in msg and "no network" in msg
-    assert not list((tmp_path / "mnist").iterdir())  # no half-written files left behind
+
+def classic_pickle(train, valid, test) -> bytes:
+    pair = lambda x: (np.asarray(x, np.float32).reshape(len(x), -1), np.zeros(len(x), np.int64))  # noqa: E731
+    return gzip.compress(pickle.dumps((pair(train), pair(valid), pair(test)), protocol=2))
+
+
+def test_mnist_pickle_conversion_and_what_it_refuses():
+    rng = np.random.default_rng(1)
+    train, valid, test = (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8) for n in (3, 2, 4))
+    got = mnist_pickle_images(classic_pickle(train / 256, valid / 256, test / 256))
+    assert np.array_equal(got["train"], np.concatenate([train, valid])) and np.array_equal(got["test"], test)
+    off_grid = test / 256
+    off_grid[0, 3, 3] = 0.3  # 76.8 / 256: no uint8 value, so no silent rounding
+    with pytest.raises(ValueError, match="test pixels are not multiples of 1 / 256"):
+        mnist_pickle_images(classic_pickle(train / 256, valid / 256, off_grid))
+    with pytest.raises(ValueError, match=r"train pixels outside \[0, 255 / 256\]"):
+        mnist_pickle_images(classic_pickle(np.ones_like(train, np.float32), valid / 256, test / 256))  # 256 / 256
+    with pytest.raises(ValueError, match="expected float"):
+        mnist_pickle_images(classic_pickle(train / 256, valid / 256, test.reshape(4, 2, 392)[:, 0] / 256))
+    with pytest.raises(ValueError, match="not the classic mnist.pkl.gz"):
+        mnist_pickle_images(gzip.compress(pickle.dumps({"train": train}, protocol=2)))
+    with pytest.raises(ValueError, match="not the classic mnist.pkl.gz"):
+        mnist_pickle_images(b"not gzip")

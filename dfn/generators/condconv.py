@@ -2,7 +2,7 @@
 
 CondConv replaces a static kernel W by a per-example mixture ``α₁W₁ + … + α_N W_N`` of N learned
 "expert" kernels, with routing weights ``α = sigmoid(FC(GAP(x)))`` — not normalised, so several experts
-can be fully on at once (REFERENCE §3). Because the mixing is linear, the mixture is one kernel and one
+can be fully on at once (Yang et al., NeurIPS 2019). Because the mixing is linear, the mixture is one kernel and one
 convolution, not N.
 
 Adaptation to frame prediction: the experts are K×K *next-frame filters* (K*K values each, plus the
@@ -19,7 +19,7 @@ mixture ``Σ αᵢ softmax(Wᵢ)``. Its taps sum to ``Σ αᵢ`` ∈ (0, N): a p
 combination of its neighbourhood and may leave [0, 1] (the BCE loss clips, as for the baseline).
 Normalising α to sum to 1 would make it convex but would no longer be CondConv's routing, so we don't.
 The router's bias starts at logit(1/N) (α ≈ 1/N, Σα ≈ 1; ours, an initialisation). With
-``identity_init`` (ours, issue 9; default on) the router's weights also start small and the experts at
+``identity_init`` (ours; default on) the router's weights also start small and the experts at
 the centre filter, so an untrained model copies the last frame.
 """
 
@@ -52,7 +52,7 @@ class CondConv(KernelMixture):
         dilation: int = 1,
         softmax: bool = True,  # DFN paper: softmax over the K*K taps (here: of each expert, see module doc)
         dynamic_bias: bool = False,  # DFN paper: on for highway, off for Moving MNIST
-        identity_init: bool = True,  # ours (issue 9): start at copy-last with Σα = 1 (see module doc)
+        identity_init: bool = True,  # ours: start at copy-last with Σα = 1 (see module doc)
         padding_mode: PaddingMode = "zeros",  # paper (black background); replicate/reflect for natural video
     ) -> None:
         check_int("CondConv", "experts", experts)

@@ -3,7 +3,7 @@
 CondInst's controller predicts, per instance, all the parameters of a small mask head — three 1x1
 conv layers with 8 channels, ReLU between them — that reads the mask-branch features plus two
 relative-coordinate channels: (8+2)·8+8 + 8·8+8 + 8·1+1 = 169 parameters per instance. The per-instance
-heads run as one grouped convolution with one group per instance (REFERENCE §3).
+heads run as one grouped convolution with one group per instance (Tian et al., ECCV 2020).
 
 Adaptation to frame prediction (what is generated, from what, and how it becomes the next frame):
 

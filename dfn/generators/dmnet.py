@@ -3,7 +3,7 @@
 DMNet's dynamic convolutional module makes, for each scale k, a per-sample, per-channel (depthwise)
 k×k kernel by adaptive average pooling of (1x1-conv-reduced) features to k×k, convolves the features
 with it (depthwise grouped conv, ``groups = B·C``), and concatenates the branches for k = 1, 3, 5, 7
-(REFERENCE §3). The kernel is a thumbnail of the features themselves, so it carries their spatial
+(He et al., ICCV 2019). The kernel is a thumbnail of the features themselves, so it carries their spatial
 layout at scale k.
 
 Adaptation to frame prediction (what is generated, from what, and how it becomes the next frame):

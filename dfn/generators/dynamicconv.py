@@ -1,7 +1,8 @@
 """DynamicConv (Chen et al., CVPR 2020) as a filter generator: softmax attention over learned kernels.
 
 Dynamic convolution aggregates K learned kernels (and their biases) with input-dependent attention,
-``W̃ = Σ_k π_k W_k``, ``b̃ = Σ_k π_k b_k``, ``π = softmax(FC(ReLU(FC(GAP(x)))) / τ)``, Σπ = 1 (REFERENCE §3).
+``W̃ = Σ_k π_k W_k``, ``b̃ = Σ_k π_k b_k``, ``π = softmax(FC(ReLU(FC(GAP(x)))) / τ)``, Σπ = 1
+(Chen et al., CVPR 2020).
 τ starts large (30) so that π is near uniform and every kernel is trained, and is annealed linearly to 1
 over the first 10 % of training; the paper reports markedly worse training without this schedule.
 `dfn.generators.TemperatureAnnealing` (a callback) sets ``temperature``; training without it warns once.
@@ -18,13 +19,13 @@ Normalisation (``softmax=True``, DFN's): each kernel is softmax-normalised over 
 mixed with π. The filter is still the paper's linear aggregation Σ π_k softmax(W_k), and because Σπ = 1
 it is itself normalised: predictions are convex combinations of neighbourhood pixels, in [0, 1].
 
-Initialisation: random kernels (``identity_init=False``, default), as the paper. The identity start of
-issue 9 (every kernel ≈ the centre filter) is available but off: the one-hot centre filter is an extreme
+Initialisation: random kernels (``identity_init=False``, default), as the paper. Our identity start
+(every kernel ≈ the centre filter) is available but off: the one-hot centre filter is an extreme
 point of the set of normalised filters, so a mixture can only start at it if *every* kernel does; the
 kernels then look alike, ∂L/∂π_k = <∂L/∂W̃, W_k> is nearly the same for every k and the softmax removes
 that common part, so the attention gets ~50× less gradient than from random kernels (measured; tested in
 ``tests/test_generators.py``) and stays uniform — per-sample and per-pixel DynamicConv then trained to the
-same model (issue 8's comparison, to three digits). τ = 30 exists to train all kernels from a random start.
+same model (docs/highway.md, to three digits). τ = 30 exists to train all kernels from a random start.
 """
 
 from __future__ import annotations

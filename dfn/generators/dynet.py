@@ -2,7 +2,7 @@
 
 DyNet builds each example's kernel as a linear fusion ``Σ_j c_j W_j`` of a few *learned*,
 sample-independent ("fixed") kernels, with coefficients from a coefficient prediction module (GAP -> FC
-layers); the aim is fewer FLOPs at equal accuracy (REFERENCE §3). There is no public code.
+layers); the aim is fewer FLOPs at equal accuracy (Zhang et al. 2020). There is no public code.
 
 - ``bank="learned"`` (the paper; default): ``kernels`` learned K×K kernels (a parameter (N, K*K[+1]);
   with ``dynamic_bias`` each kernel also has a bias value, fused with the same coefficients).
@@ -21,7 +21,7 @@ layer, as DFN normalises its generated filter. (Normalising each kernel first, a
 do here, would not keep a convex result: DyNet's coefficients can be negative.) Predictions are convex
 combinations of neighbourhood pixels, in [0, 1].
 
-``identity_init`` (ours, issue 9; default on): the fused filter starts ≈ the centre filter — learned bank:
+``identity_init`` (ours; default on): the fused filter starts ≈ the centre filter — learned bank:
 every kernel centre-peaked and coefficients 1/N each; polynomial bank: the coefficients of a narrow
 centred Gaussian (needs degree ≥ 2) — so an untrained model copies the last frame.
 """
@@ -85,7 +85,7 @@ class DyNet(KernelMixture):
         dilation: int = 1,
         softmax: bool = True,  # DFN paper: softmax over the K*K taps of the fused filter
         dynamic_bias: bool = False,  # DFN paper: on for highway, off for Moving MNIST
-        identity_init: bool = True,  # ours (issue 9): the fused filter starts at the centre filter
+        identity_init: bool = True,  # ours: the fused filter starts at the centre filter
         padding_mode: PaddingMode = "zeros",  # paper (black background); replicate/reflect for natural video
     ) -> None:
         check_choice("DyNet", "bank", bank, ("learned", "polynomial"))

@@ -3,7 +3,7 @@
 HDFNet's dynamic dilated pyramid module generates, from a second stream (depth), per-pixel and
 per-channel (depthwise) 3×3 kernels for several dilation rates (1, 3, 5), applies each to the RGB
 features (unfold × kernel, summed over the window) and fuses the branches by concatenation and a
-conv (REFERENCE §3).
+conv (Pang et al., ECCV 2020).
 
 Adaptation to frame prediction (what is generated, from what, and how it becomes the next frame):
 
@@ -16,7 +16,7 @@ Adaptation to frame prediction (what is generated, from what, and how it becomes
   each 3×3 window (DFN's normalisation, ``softmax=True``), makes every predicted pixel a convex
   combination of input pixels — predictions stay in [0, 1].
 
-``identity_init`` (ours, issue 9; default on): the head starts with small weights and a large bias on
+``identity_init`` (ours; default on): the head starts with small weights and a large bias on
 every branch's centre tap, so an untrained model predicts ≈ the last frame instead of a random blur.
 
 A dilated 3×3 reaches as far as a (2d+1)×(2d+1) window with 9 taps, so dilations (1, 3, 5) cover an
@@ -78,7 +78,7 @@ class HDFNet(FilterGenerator):
         mode: Mode = "local",  # HDFNet: per-pixel kernels; "conv" is rejected (see DMNet)
         dilations: tuple[int, ...] = (1, 3, 5),  # HDFNet paper: dilation rates 1, 3, 5
         softmax: bool = True,  # DFN paper: softmax over the filter values (keeps frames in [0, 1])
-        identity_init: bool = True,  # ours (issue 9): start at copy-last (see module docstring)
+        identity_init: bool = True,  # ours: start at copy-last (see module docstring)
         padding_mode: PaddingMode = "zeros",  # paper (black background); replicate/reflect for natural video
     ) -> None:
         if identity_init and not softmax:

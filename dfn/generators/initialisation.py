@@ -1,10 +1,10 @@
 """Weight initialisation shared by the predictor and the generators.
 
-- `he_uniform_`: the authors' initialisation (REFERENCE §1): Lasagne's ``HeUniform()`` with its default
+- `he_uniform_`: the authors' initialisation (docs/paper.md): Lasagne's ``HeUniform()`` with its default
   gain 1, i.e. U(±√(3 / fan_in)) with fan_in = in_channels·kh·kw for a conv (in_features for a linear
   layer), and zero biases. This is *not* PyTorch's ``kaiming_uniform_`` for leaky ReLU, whose bound is
   √2 larger (gain √(2 / (1 + a²))).
-- Identity start (issue 9, ours): a filter head whose output logits favour the window centre, so that
+- Identity start (ours): a filter head whose output logits favour the window centre, so that
   after the softmax over the K*K taps the filter is ≈ the one-hot centre filter and an untrained model
   predicts ≈ the last frame instead of a random blur. `identity_logit` is the centre logit that gives
   the centre tap exactly `CENTRE_WEIGHT` when every other logit is 0; the head's weights start
@@ -24,7 +24,7 @@ IDENTITY_WEIGHT_SCALE = 0.01  # ours: the identity-start head's weights, relativ
 
 
 def he_bound(fan_in: int) -> float:
-    """Lasagne HeUniform(gain=1) bound √(3 / fan_in) (REFERENCE §1)."""
+    """Lasagne HeUniform(gain=1) bound √(3 / fan_in) (the DFN authors' code; docs/paper.md)."""
     if fan_in < 1:
         raise ValueError(f"he_bound: fan_in must be >= 1, got {fan_in}")
     return math.sqrt(3.0 / fan_in)
@@ -57,7 +57,7 @@ def identity_logit(kernel_size: int) -> float:
 
 
 def centre_tap(kernel_size: int) -> int:
-    """Index of the window centre in the row-major K*K filter channels (REFERENCE §1): K*K // 2."""
+    """Index of the window centre in the row-major K*K filter channels (the authors' layout): K*K // 2."""
     return kernel_size**2 // 2
 
 

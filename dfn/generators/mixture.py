@@ -3,12 +3,12 @@
 CondConv (Σ αᵢWᵢ, sigmoid routing), DynamicConv (Σ πₖWₖ, softmax(·/τ) attention) and DyNet (Σ cⱼWⱼ,
 predicted coefficients over "fixed" input-independent kernels) all make a filter as a *linear*
 combination of a bank; they differ only in how the coefficients are predicted and what the bank is
-(REFERENCE §3). This module is that shared piece:
+(docs/paper.md, the dynamic-convolution family). This module is that shared piece:
 
 - `mix`: coefficients (B, N) or (B, N, H, W) @ bank (N, V) -> filters (B, V) or (B, V, H, W).
 - `normalise_taps`: softmax over each bank kernel's K*K taps (leaving a dynamic-bias column as is), so
   that mixing *normalised* kernels keeps the mixture linear in the experts (see `KernelMixture`).
-- `init_bank`: the bank's initial values (random, or the identity start of issue 9).
+- `init_bank`: the bank's initial values (random, or our identity start).
 - `KernelMixture`: the generator skeleton; subclasses predict the coefficients.
 """
 
@@ -63,7 +63,7 @@ def init_bank(n: int, kernel_size: int, extra: int, identity: bool) -> torch.Ten
     - random (ours; the papers initialise classification kernels, not next-frame filters): U(±√3),
       unit variance per value — the scale of a He-initialised head's output at unit-variance features.
       The kernels must differ, or the coefficients get no gradient (every kernel would look the same).
-    - ``identity`` (issue 9): every tap logit small noise U(±0.01·√3), the centre tap `identity_logit`, so
+    - ``identity`` (ours): every tap logit small noise U(±0.01·√3), the centre tap `identity_logit`, so
       each kernel's softmax is ≈ the one-hot centre (copy the frame) and the kernels still differ a little.
     Extra (dynamic-bias) columns start at 0 for the identity start, random otherwise.
     """

@@ -3,7 +3,7 @@
 DynamicConv divides its attention logits by a temperature τ that decreases linearly from 30 to 1 over
 the first 10 (of 100) training epochs: a large τ keeps the attention near uniform early on, so every
 kernel is optimised instead of a few winning at random; the paper reports a clear accuracy drop without
-it (REFERENCE §3: "DynamicConv without the temperature schedule trains poorly").
+it (Chen et al., CVPR 2020).
 
 `TemperatureAnnealing` is a Lightning callback: before every training batch it computes τ for the
 current optimizer step and writes it into every submodule of the LightningModule that has a
