@@ -1,11 +1,13 @@
-"""Callbacks: prediction GIFs, prediction files, and where a run keeps its outputs.
+"""Callbacks: prediction GIFs, prediction files, the iteration timer, and where a run keeps its outputs.
 
 Everything here runs on rank zero only and under ``torch.no_grad``, outside the training step.
 """
 
 from __future__ import annotations
 
+import collections
 import json
+import time
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -19,7 +21,12 @@ from lightning.pytorch.utilities import rank_zero_only
 
 
 def run_dir(trainer: L.Trainer) -> Path:
-    """The run's output directory: ``<save_dir>/<name>/<version>``, the parent of Lightning's checkpoints."""
+    """The run's output directory: ``<save_dir>/<name>/<version>``, the parent of Lightning's checkpoints.
+
+    Without a logger, or under ``fast_dev_run`` (which turns loggers off), it is ``trainer.default_root_dir``:
+    the CLI points that at a fresh run directory (a temporary one for ``fast_dev_run``), never at the
+    current directory (`dfn.cli.DFNCLI.before_instantiate_classes`).
+    """
     callback = trainer.checkpoint_callback
     if callback is not None and getattr(callback, "dirpath", None):
         return Path(callback.dirpath).parent.resolve()
@@ -27,6 +34,14 @@ def run_dir(trainer: L.Trainer) -> Path:
     if logger is not None and logger.save_dir is not None:
         return (Path(logger.save_dir) / str(logger.name) / str(logger.version)).resolve()
     return Path(trainer.default_root_dir).resolve()
+
+
+def last_checkpoint_path(trainer: L.Trainer) -> Path:
+    """``<run dir>/checkpoints/last.ckpt``: the file ModelCheckpoint(save_last=True) also refreshes."""
+    callback = trainer.checkpoint_callback
+    if callback is not None and callback.dirpath:
+        return Path(callback.dirpath) / (callback.CHECKPOINT_NAME_LAST + callback.FILE_EXTENSION)
+    return run_dir(trainer) / "checkpoints" / "last.ckpt"
 
 
 def comparison_frames(inputs: torch.Tensor, targets: torch.Tensor, predictions: torch.Tensor) -> np.ndarray:
@@ -226,19 +241,57 @@ class HorizonTables(L.Callback):
 
     @rank_zero_only
     def on_test_end(self, trainer, pl_module):
-        results = getattr(pl_module, "last_test_results", {})
-        curves = {k.removesuffix("/horizon"): v.tolist() for k, v in results.items() if k.endswith("/horizon")}
-        if not curves:
-            return
-        columns = ["horizon", *curves]
+        result = pl_module.test_result  # dfn.evaluation.EvalResult of this pass
+        prefix, curves = result.prefix, result.curves()  # prefix: test | test_final (dfn.cli after_fit)
+        columns = ["horizon", *(f"{prefix}/{name}" for name in curves)]
         rows = [[t + 1, *(curve[t] for curve in curves.values())] for t in range(len(next(iter(curves.values()))))]
-        prefix = getattr(pl_module, "test_prefix", "test")  # test | test_final (dfn.cli after_fit)
         path = run_dir(trainer) / f"horizon_{prefix}.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join(",".join(str(v) for v in row) for row in [columns, *rows]) + "\n")
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_table(f"{prefix}/horizon", columns=columns, data=rows)
+
+
+class IterationTimer(L.Callback):
+    """Seconds per training iteration (median over the run), for the summary and the comparison table.
+
+    CPU: the wall clock around each step. CUDA: kernels run after the host queued them, so each step is
+    timed by two CUDA events recorded into the stream (the GPU's own clock, no synchronisation per step);
+    finished events are read as training goes, and `seconds_per_iteration` synchronises once for the rest.
+    """
+
+    def __init__(self) -> None:
+        self.durations: list[float] = []
+        self._pending: collections.deque = collections.deque()  # (start, end) CUDA events not read yet
+        self._start: float | torch.cuda.Event = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if pl_module.device.type == "cuda":
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if isinstance(self._start, torch.cuda.Event):
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self._pending.append((self._start, end))
+            self._read(wait=False)
+        else:
+            self.durations.append(time.perf_counter() - self._start)
+
+    def _read(self, wait: bool) -> None:
+        if wait and self._pending:
+            torch.cuda.synchronize()  # explicit: every recorded event has been reached
+        while self._pending and self._pending[0][1].query():  # query() does not block
+            start, end = self._pending.popleft()
+            self.durations.append(start.elapsed_time(end) / 1000)  # milliseconds -> seconds
+
+    def seconds_per_iteration(self) -> float | None:
+        self._read(wait=True)
+        return float(torch.tensor(self.durations).median()) if self.durations else None
 
 
 def write_json(path: Path, values: dict) -> Path:

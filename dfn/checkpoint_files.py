@@ -1,8 +1,10 @@
-"""Checkpoint files: atomic writes, and finding the checkpoint to resume from (issue 10).
+"""Checkpoint files: atomic writes, and finding the checkpoint to resume from (docs/runs.md, "Resume").
 
-``--ckpt_path`` takes a checkpoint file or a run directory; a directory means its latest complete
-checkpoint (``last.ckpt``, else the newest readable ``*.ckpt``). A damaged file is named together with
-the complete alternatives beside it.
+``--ckpt_path`` takes a checkpoint file, a run directory or ``pretrained:<name>``; a directory means its
+latest complete checkpoint (``last.ckpt``, else the newest readable ``*.ckpt``), ``pretrained:<name>`` a
+model shipped in the repository (`dfn.pretrained`, its SHA-256 checked against its card). A damaged file
+is named together with the complete alternatives beside it. ``model.init_from`` (fine-tuning) takes the
+same values.
 """
 
 from __future__ import annotations
@@ -64,33 +66,81 @@ def run_checkpoints(directory: Path) -> list[Path]:
     return sorted(files, key=lambda p: p.name != "last.ckpt")  # stable: last.ckpt first, then by time
 
 
-def resolve_checkpoint(value: str) -> Path:
-    """``--ckpt_path``: a checkpoint file, or a run directory (or its ``checkpoints/``), whose latest
-    complete checkpoint is used. Raises ValueError naming the problem and the alternatives."""
+PRETRAINED_PREFIX = "pretrained:"  # ``--ckpt_path pretrained:<name>``: a model shipped in the repository
+
+
+def resolve_checkpoint(value: str, resume: bool = False, argument: str = "--ckpt_path") -> Path:
+    """``--ckpt_path``: a checkpoint file, a run directory (or its ``checkpoints/``), whose latest
+    complete checkpoint is used, or ``pretrained:<name>``. Raises ValueError naming the problem and the
+    alternatives. `resume`: the checkpoint is to continue a fit (a shipped model has no optimiser state);
+    `argument`: the option named in messages (``--model.init_from`` for fine-tuning)."""
+    if value.startswith(PRETRAINED_PREFIX):
+        if resume:
+            raise CheckpointError(f"{argument} {value}: a shipped model holds weights only, no optimiser state to "
+                                  f"resume; fine-tune it as a new run with --model.init_from {value}")
+        from dfn.pretrained import weights_path  # not at the top: dfn.pretrained imports this module
+
+        return weights_path(value.removeprefix(PRETRAINED_PREFIX))
     path = Path(value).expanduser()
     if path.is_dir():
         directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
         candidates = run_checkpoints(directory)
         if not candidates:
-            raise CheckpointError(f"--ckpt_path {value}: no *.ckpt files in {directory}")
+            raise CheckpointError(f"{argument} {value}: no *.ckpt files in {directory}")
         problems = []
         for candidate in candidates:
             problem = checkpoint_problem(candidate)
             if problem is None:
                 if problems:
-                    print(f"dfn: skipped {'; '.join(problems)}; resuming from {candidate}")
+                    print(f"dfn: skipped {'; '.join(problems)}; {argument} uses {candidate}")
                 return candidate
             problems.append(f"{candidate.name}: {problem}")
-        raise CheckpointError(f"--ckpt_path {value}: no readable checkpoint in {directory} ({'; '.join(problems)})")
+        raise CheckpointError(f"{argument} {value}: no readable checkpoint in {directory} ({'; '.join(problems)})")
     problem = checkpoint_problem(path)
     if problem is None:
         return path
     if not path.exists():
-        raise CheckpointError(f"--ckpt_path {value}: no such file or directory")
+        raise CheckpointError(f"{argument} {value}: no such file or directory (a checkpoint file, a run directory "
+                              f"or pretrained:<name>)")
     others = [p for p in run_checkpoints(path.parent) if p != path and checkpoint_problem(p) is None]
     hint = (f"the other complete checkpoints in {path.parent} are: {', '.join(p.name for p in others)}"
             if others else f"there is no other complete checkpoint in {path.parent}")
     raise CheckpointError(f"checkpoint {path} is {problem}; {hint}")
+
+
+def shape_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], strict: bool) -> str | None:
+    """The first difference between a model's state dict (`expected`) and a checkpoint's (`found`), as
+    one phrase, or None. Shapes of the tensors both hold are compared in the model's order; `strict`
+    also reports the first tensor only one of them holds."""
+    for key, tensor in expected.items():
+        if key in found and tuple(found[key].shape) != tuple(tensor.shape):
+            return (f"tensor {key} is {tuple(found[key].shape)} in the checkpoint but {tuple(tensor.shape)} "
+                    f"in this model")
+    if strict:
+        missing = [key for key in expected if key not in found]
+        if missing:
+            return f"tensor {missing[0]} of this model is not in the checkpoint ({len(missing)} missing)"
+        unexpected = [key for key in found if key not in expected]
+        if unexpected:
+            return f"the checkpoint's tensor {unexpected[0]} is not in this model ({len(unexpected)} extra)"
+    return None
+
+
+def differing_hyperparameters(theirs: dict, ours: dict) -> list[str]:
+    """``"name <checkpoint's value> there, <model's value> here"`` for every hyperparameter (nested
+    ones dotted, e.g. ``generator.init_args.kernel_size``) that both hold with different values."""
+    def flat(values: dict, prefix: str = "") -> dict:
+        items = {}
+        for key, value in values.items():
+            if isinstance(value, dict):
+                items.update(flat(value, f"{prefix}{key}."))
+            elif not isinstance(value, torch.nn.Module) and not str(key).startswith("_"):  # not _instantiator
+                items[f"{prefix}{key}"] = value
+        return items
+
+    theirs, ours = flat(dict(theirs)), flat(dict(ours))
+    return [f"{key} {theirs[key]!r} there, {value!r} here" for key, value in ours.items()
+            if key in theirs and theirs[key] != value and key != "init_from"]
 
 
 def run_of_checkpoint(path: Path) -> Path | None:

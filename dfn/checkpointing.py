@@ -1,12 +1,17 @@
-"""Runs that survive (issue 10): periodic and on-signal checkpoints, atomic writes, RNG state, and a
-stop with a clear message on a non-finite loss.
+"""Runs that survive: periodic and on-signal checkpoints, atomic writes and RNG state.
 
 :class:`RunGuard` refreshes ``<run dir>/checkpoints/last.ckpt`` every ``every_n_train_steps`` steps or
 ``every_n_seconds`` seconds, on SIGTERM/SIGINT (then stops and names the resume command), and when
-training dies of an exception -- but never after a non-finite loss: then it stops before the optimiser
-applies the bad step, so the last checkpoint keeps the last good weights. All checkpoint writes of the
-run go through :class:`dfn.checkpoint_files.AtomicCheckpointIO` (temporary file + ``os.replace``), so a
-SIGKILL at any moment leaves either the previous or the new complete file.
+training dies of an exception -- but never after a non-finite step (`dfn.nonfinite.NonFiniteGuard` stops
+those before the optimiser applies them, so the last checkpoint keeps the last good weights). All
+checkpoint writes of the run go through :class:`dfn.checkpoint_files.AtomicCheckpointIO` (temporary file
++ ``os.replace``), so a SIGKILL at any moment leaves either the previous or the new complete file.
+
+A signal is acted on at a consistent point: the checkpoint is written at the end of the current step
+(after an epoch's last step: once that epoch's validation is done), and the run stops only when every
+callback and logger has seen that step, at the start of the next batch or epoch or at the end of
+training, so ``metrics.csv`` keeps the step's row. On a single device the guard reads nothing from the
+accelerator; under DDP its decisions cost one all-reduce per step.
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from dfn.callbacks import run_dir
+from dfn.callbacks import last_checkpoint_path
 from dfn.checkpoint_files import AtomicCheckpointIO
+from dfn.checks import check_int, check_positive
+from dfn.nonfinite import NonFiniteLoss
 
-
-class NonFiniteLoss(RuntimeError):
-    """Training produced a NaN/inf loss or gradient; the message names the step and the last checkpoint."""
+__all__ = ["NonFiniteLoss", "RunGuard", "RunInterrupted", "last_checkpoint_path", "resume_command", "rng_states",
+           "set_rng_states"]
 
 
 class RunInterrupted(Exception):
@@ -62,14 +68,6 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def last_checkpoint_path(trainer: L.Trainer) -> Path:
-    """``<run dir>/checkpoints/last.ckpt``: the file ModelCheckpoint(save_last=True) also refreshes."""
-    callback = trainer.checkpoint_callback
-    if callback is not None and callback.dirpath:
-        return Path(callback.dirpath) / (callback.CHECKPOINT_NAME_LAST + callback.FILE_EXTENSION)
-    return run_dir(trainer) / "checkpoints" / "last.ckpt"
-
-
 def resume_command(trainer: L.Trainer) -> str:
     """The exact command that continues this run."""
     run = last_checkpoint_path(trainer).parent.parent
@@ -77,53 +75,61 @@ def resume_command(trainer: L.Trainer) -> str:
 
 
 class RunGuard(L.Callback):
-    """Keeps a fresh ``last.ckpt``, checkpoints and stops on SIGTERM/SIGINT, refuses non-finite losses.
+    """Keeps a fresh ``last.ckpt``, and checkpoints and stops on SIGTERM/SIGINT (a second one stops at once).
+
+    Pair it with ``ModelCheckpoint(save_last=True, enable_version_counter=False)`` (the CLI's default), so
+    that both write the same ``last.ckpt`` instead of ``last-v1.ckpt`` beside it.
 
     Args:
         every_n_train_steps: refresh ``last.ckpt`` after every this many optimiser steps (None: off).
         every_n_seconds: ... or when this many seconds passed since the last write (None: off); the
             default, one minute, bounds the work a crash or a SIGKILL can lose.
-        save_on_exception: write ``last.ckpt`` when training dies of an exception (not a non-finite loss).
+        save_on_exception: write ``last.ckpt`` when training dies of an exception (not a non-finite step).
     """
 
     def __init__(self, every_n_train_steps: int | None = None, every_n_seconds: float | None = 60.0,
                  save_on_exception: bool = True) -> None:
-        if every_n_train_steps is not None and (isinstance(every_n_train_steps, bool) or every_n_train_steps < 1):
-            raise ValueError(f"RunGuard: every_n_train_steps must be None or an integer >= 1, got {every_n_train_steps!r}")
-        if every_n_seconds is not None and not every_n_seconds > 0:
-            raise ValueError(f"RunGuard: every_n_seconds must be None or > 0, got {every_n_seconds!r}")
+        check_int("RunGuard", "every_n_train_steps", every_n_train_steps, optional=True)
+        check_positive("RunGuard", "every_n_seconds", every_n_seconds, optional=True)
         self.every_n_train_steps, self.every_n_seconds = every_n_train_steps, every_n_seconds
         self.save_on_exception = save_on_exception
         self._signal: int | None = None
         self._handlers: dict[int, Any] = {}
-        self._rng_to_load: dict[str, Any] | None = None
+        self._rng_after_iterator: dict[str, Any] | None = None
+        self._mid_epoch = False  # whether a checkpoint written now resumes inside an epoch
         self._last_write = time.monotonic()
         self._last_saved_step: int | None = None
-        self._trainer: L.Trainer | None = None
-        self._hook = None
-        self._stop_at_epoch_end = False
+        self._stop_at_epoch_end = False  # a signal during an epoch's last step: stop after its validation
+        self._stop_pending = False  # checkpoint written: stop once every callback has seen the step
 
-    # ---- atomic writes, RNG state -------------------------------------------------------------------
+    # ---- atomic writes, RNG state, ModelCheckpoint's bookkeeping ------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._trainer = trainer
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # leave a user's own plugin alone
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": rng_states()}
+        return {"rng": rng_states(), "mid_epoch": self._mid_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the RNGs now, before Lightning builds the resumed run's data iterator (which draws from
+        them), as a run never stopped did at an epoch's start; a checkpoint from inside an epoch is
+        restored again at ``on_train_start``, after that iterator (the uninterrupted run drew for it
+        at the epoch's start, before the checkpoint)."""
+        states = state_dict.get("rng")
+        if states is not None:
+            set_rng_states(states)
+            self._rng_after_iterator = states if state_dict.get("mid_epoch", True) else None
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         self._last_saved_step = int(checkpoint["global_step"])  # any checkpoint: ours or ModelCheckpoint's
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._rng_to_load = state_dict.get("rng")  # applied at on_train_start, right before the next batch
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         """Keep the best score and top-k bookkeeping when the same run directory is spelled differently.
 
         ModelCheckpoint restores them only when its ``dirpath`` string equals the saved one; a run
         resumed from another working directory (or with an absolute ``save_dir``) names the same folder
-        differently. Runs before the callbacks' ``load_state_dict``.
+        differently. This rewrites the paths in the checkpoint's saved state (this hook runs before the
+        callbacks' ``load_state_dict``); ModelCheckpoint itself is left alone.
         """
         for callback in trainer.checkpoint_callbacks:
             state = checkpoint.get("callbacks", {}).get(callback.state_key)
@@ -145,11 +151,11 @@ class RunGuard(L.Callback):
 
     # ---- signals ------------------------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._rng_to_load is not None:
-            set_rng_states(self._rng_to_load)
-            self._rng_to_load = None
+        if self._rng_after_iterator is not None:
+            set_rng_states(self._rng_after_iterator)
+            self._rng_after_iterator = None
         self._last_write = time.monotonic()
-        self._signal = None
+        self._signal, self._stop_at_epoch_end, self._stop_pending = None, False, False
         for signum in (signal.SIGTERM, signal.SIGINT):
             try:
                 self._handlers[signum] = signal.signal(signum, self._on_signal)
@@ -169,96 +175,72 @@ class RunGuard(L.Callback):
             signal.signal(signum, handler)
         self._handlers = {}
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._restore_handlers()
-
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore_handlers()
-        self._remove_hook()
 
-    # ---- the checks in every step -------------------------------------------------------------------
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Diverged weights give NaN predictions before they give a NaN loss, and BCE raises an opaque
-        # "all elements of input should be between 0 and 1" on them: check the training forward's output.
-        self._hook = pl_module.register_forward_hook(self._check_output)
-
-    def _check_output(self, module: L.LightningModule, args: Any, output: Any) -> None:
-        if module.training and isinstance(output, torch.Tensor) and self._trainer is not None:
-            self._check(self._trainer, bool(torch.isfinite(output).all()), "predictions", None)
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._remove_hook()
-
-    def _remove_hook(self) -> None:
-        if getattr(self, "_hook", None) is not None:
-            self._hook.remove()
-            self._hook = None
-
-    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
-        """A NaN/inf gradient (which a NaN/inf loss always gives) stops the run before the update."""
-        grads = [torch.isfinite(p.grad).all() for p in pl_module.parameters() if p.grad is not None]
-        self._check(trainer, bool(torch.stack(grads).all()) if grads else True, "loss or gradient", None)
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if isinstance(loss, torch.Tensor):
-            self._check(trainer, bool(torch.isfinite(loss).all()), "loss", loss)
+    # ---- every step ---------------------------------------------------------------------------------
+    def _decide(self, trainer: L.Trainer) -> tuple[bool, bool]:
+        """(stop, save): a signal came; a periodic checkpoint is due. The same on every rank."""
         stop = self._signal is not None
-        if trainer.world_size > 1:  # every rank must take part in the save and stop together
-            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         due = self.every_n_train_steps is not None and trainer.global_step % self.every_n_train_steps == 0
         if self.every_n_seconds is not None and time.monotonic() - self._last_write >= self.every_n_seconds:
             due = True
-        if trainer.world_size > 1:
-            due = trainer.strategy.broadcast(due, src=0)  # rank 0's clock decides for all
-        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        if trainer.world_size > 1:  # every rank saves and stops together: one all-reduce for both
+            decided = trainer.strategy.reduce(torch.tensor([float(stop), float(due)], device=trainer.strategy.root_device),
+                                              reduce_op="max")
+            stop, due = (bool(v) for v in decided.tolist())
+        return stop, due
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx) -> None:
+        if self._stop_pending:  # the stopped step is logged by now
+            self._stop(trainer)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        self._mid_epoch = not last_batch
+        stop, due = self._decide(trainer)
+        if last_batch:
             # Lightning resumes a checkpoint taken after an epoch's last batch *without* that epoch's
             # validation; wait for it (ModelCheckpoint writes last.ckpt then) and act at the epoch's end.
             self._stop_at_epoch_end = self._stop_at_epoch_end or stop
             return
         if stop or due:
             self._save(trainer)
-        if stop:
+        self._stop_pending = stop
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._stop_pending:
             self._stop(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning 2.6's ModelCheckpoint(save_last=True) rewrites last.ckpt only when it also saves a top-k
         # checkpoint: after an epoch whose validation did not improve, last.ckpt would still hold an older
         # epoch. So at every epoch's end (after its validation) a stale last.ckpt is refreshed.
+        self._mid_epoch = False
         if self._last_saved_step != trainer.global_step:  # no checkpoint (so no last.ckpt) at this step
             self._save(trainer)
         if self._stop_at_epoch_end:
+            self._stop_at_epoch_end, self._stop_pending = False, True
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_handlers()
+        if self._stop_pending:  # the signal came during the run's last step: checkpoint written, stop here
             self._stop(trainer)
 
     def _stop(self, trainer: L.Trainer) -> None:
+        self._stop_pending = False
         signum = self._signal or signal.SIGTERM
         raise RunInterrupted(f"dfn: {signal.Signals(signum).name} at step {trainer.global_step}: saved "
                              f"{last_checkpoint_path(trainer)}; resume with: {resume_command(trainer)}", signum)
 
-    def _check(self, trainer: L.Trainer, finite: bool, what: str, loss: Any) -> None:
-        if trainer.world_size > 1:
-            finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
-        if finite:
-            return
-        path = last_checkpoint_path(trainer)
-        kept = (f"the last good checkpoint is {path} (step {self._last_saved_step})" if self._last_saved_step is not None
-                else f"the last good checkpoint is {path}" if path.is_file() else "no checkpoint was written yet")
-        value = f" (loss {float(loss):g})" if isinstance(loss, torch.Tensor) and loss.numel() == 1 else ""
-        raise NonFiniteLoss(f"dfn: non-finite training {what}{value} at step {trainer.global_step + 1} (epoch "
-                            f"{trainer.current_epoch}, batch {trainer.fit_loop.epoch_loop.batch_progress.current.ready}); "
-                            f"training stopped without applying it; {kept}. Try a lower --model.lr.")
-
     def _save(self, trainer: L.Trainer) -> None:
-        path = last_checkpoint_path(trainer)
-        for callback in trainer.checkpoint_callbacks:  # it is their last.ckpt too: no 'last-v1.ckpt' beside it
-            if getattr(callback, "save_last", False) and Path(callback.dirpath) == path.parent:
-                callback.last_model_path = str(path.parent / (callback.CHECKPOINT_NAME_LAST + callback.FILE_EXTENSION))
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(last_checkpoint_path(trainer))
         self._last_write = time.monotonic()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         """An exception that kills training still leaves a checkpoint of the last completed step."""
-        # Not after a NaN (garbage weights), a signal (already saved) or a second Ctrl-C (stop at once).
+        # Not after a NaN (see NonFiniteGuard), a signal (already saved) or a second Ctrl-C (stop at once).
+        self._restore_handlers()
         if isinstance(exception, (NonFiniteLoss, RunInterrupted, KeyboardInterrupt, SystemExit)) \
                 or not self.save_on_exception:
             return

@@ -2,110 +2,40 @@
 
 ``python train.py fit --config experiments/moving_mnist/dfn.yaml`` trains, then tests the best checkpoint
 (by ``val/loss``) on the test set and prints a one-line summary. ``predict --ckpt_path ...`` writes GIFs
-and ``.npy`` predictions. Every run logs to wandb: as the user chose (``WANDB_MODE``, ``WANDB_DISABLED``,
-``wandb offline``), else online when the server accepts the configured key, else offline, never
-prompting. ``fit --ckpt_path <run dir>`` continues that run (same directory, wandb id, data position;
-see ``dfn/checkpointing.py``).
+and ``.npy`` predictions. Every run logs to wandb (the mode: `dfn.wandb_mode`) and writes its outputs
+into its own run directory (without a logger: ``runs/dfn/local-<time>-<id>``; under ``fast_dev_run``: a
+temporary directory), never into the current directory. ``fit --ckpt_path <run dir>`` continues that run
+(same directory, wandb id, data position; see ``dfn/checkpointing.py``).
 """
 
 from __future__ import annotations
 
-import base64
-import json
-import netrc
-import os
+import secrets
 import sys
+import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from urllib.parse import urlparse
 
 import lightning as L
 import torch
 import wandb
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import WandbLogger
 from torch.utils.flop_counter import FlopCounterMode
 
-from dfn.callbacks import FilterFlowGIFs, HorizonTables, PredictionFiles, PredictionGIFs, run_dir, write_json
+from dfn.callbacks import (FilterFlowGIFs, HorizonTables, IterationTimer, PredictionFiles, PredictionGIFs, run_dir,
+                           write_json)
 from dfn.checkpoint_files import CheckpointError, resolve_checkpoint, run_of_checkpoint
 from dfn.checkpointing import NonFiniteLoss, RunGuard, RunInterrupted
+from dfn.config_errors import BAD_INPUT, ConfigError, config_error, debugging
+from dfn.data.samples import FetchError
+from dfn.evaluation import EvalResult
 from dfn.history import MetricsCSV
 from dfn.module import VideoPrediction
+from dfn.nonfinite import NonFiniteGuard
 from dfn.report import write_report
 from dfn.wandb_extras import ModelArtifacts, SequenceTable, WandbMetrics
-
-
-def _user_wandb_mode() -> str | None:
-    """The mode a user chose outside this program: ``WANDB_MODE``, ``WANDB_DISABLED`` (which wandb itself
-    no longer reads), or ``wandb offline/online/disabled`` (wandb's workspace and global settings files)."""
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    if os.environ.get("WANDB_DISABLED", "").strip().lower() in ("1", "true", "yes", "on"):
-        return "disabled"
-    try:
-        return wandb.Settings().read_system_settings().all().get("mode") or None
-    except Exception:  # an unreadable settings file is wandb's to report, not ours
-        return None
-
-
-def _api_key(host: str) -> str | None:
-    """``WANDB_API_KEY``, else the key `wandb login` stored in ~/.netrc (or ``$NETRC``) for `host`."""
-    if os.environ.get("WANDB_API_KEY"):
-        return os.environ["WANDB_API_KEY"]
-    try:
-        entry = netrc.netrc(os.environ.get("NETRC")).authenticators(host)
-    except (OSError, netrc.NetrcParseError):
-        return None
-    return entry[2] if entry else None
-
-
-def _key_verdict(base_url: str, key: str, timeout: float) -> str | None:
-    """None when the server accepts `key`, else why not (one short phrase). One bounded request."""
-    request = urllib.request.Request(
-        base_url.rstrip("/") + "/graphql", data=json.dumps({"query": "query { viewer { id } }"}).encode(),
-        headers={"Content-Type": "application/json",
-                 "Authorization": "Basic " + base64.b64encode(f"api:{key}".encode()).decode()})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            answer = json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as err:
-        return f"the server rejected the API key (HTTP {err.code})" if err.code in (401, 403) else f"HTTP {err.code}"
-    except (OSError, ValueError) as err:  # refused, timed out, not JSON
-        return f"no answer ({type(err).__name__})"
-    if not (answer.get("data") or {}).get("viewer"):
-        return "the server did not accept the API key"
-    return None
-
-
-def choose_wandb_mode(timeout: float = 3.0) -> str:
-    """Pick wandb's mode without ever prompting, blocking or overriding the user (issue 10).
-
-    The user's choice wins and is left as it is (``WANDB_MODE``, ``WANDB_DISABLED``, ``wandb offline``).
-    Otherwise: online only when an API key is configured and the server accepts it within `timeout`
-    seconds; a rejected key or a silent server gives offline with a one-line warning. Sets
-    ``WANDB_MODE`` only in that last case (to the mode it picked).
-    """
-    chosen = _user_wandb_mode()
-    if chosen:
-        if chosen == "disabled" and not os.environ.get("WANDB_MODE"):
-            os.environ["WANDB_MODE"] = "disabled"  # WANDB_DISABLED: wandb 0.31 ignores the variable itself
-        return chosen
-    base_url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
-    host = urlparse(base_url).hostname or "api.wandb.ai"
-    key = _api_key(host)
-    mode = "offline"
-    if key:
-        problem = _key_verdict(base_url, key, timeout)
-        if problem is None:
-            mode = "online"
-        else:
-            print(f"dfn: wandb logs offline: {base_url}: {problem} (`wandb sync` uploads the run later)",
-                  file=sys.stderr)
-    os.environ["WANDB_MODE"] = mode
-    return mode
+from dfn.wandb_mode import choose_wandb_mode
 
 
 def flops_per_step(module: VideoPrediction, height: int, width: int) -> int:
@@ -118,47 +48,30 @@ def flops_per_step(module: VideoPrediction, height: int, width: int) -> int:
     return int(counter.get_total_flops())
 
 
+def frame_size(data: L.LightningDataModule, predicting: bool = False) -> tuple[int, int]:
+    """(height, width) of the frames the model sees: VideoFolder's keep_aspect frames are not square."""
+    if callable(getattr(data, "frame_size", None)):
+        return data.frame_size(predicting=predicting)
+    size = getattr(data, "image_size", 64)
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
 class SaveRunConfig(SaveConfigCallback):
     """Saves the resolved config as ``<run dir>/config.yaml`` (a fresh directory per run, so running the
-    same config twice never collides) and logs it to wandb with the parameter and FLOP counts."""
+    same config twice never collides) and logs it to wandb with the parameter count and the generator's
+    facts (the FLOPs per step are counted later, by the summary: `DFNCLI.summarise`)."""
 
-    def save_config(self, trainer: L.Trainer, pl_module: VideoPrediction, stage: str) -> None:
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         path = run_dir(trainer) / "config.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=False)
-        if not isinstance(pl_module, VideoPrediction):  # another task (steerable filters, stereo): its own facts
+        if isinstance(pl_module, VideoPrediction):
+            facts = {"parameters": pl_module.parameter_count(), **pl_module.generator.summary()}
+        else:  # another task (steerable filters, stereo): its own facts
             facts = {"parameters": sum(p.numel() for p in pl_module.parameters() if p.requires_grad)}
-            pl_module.run_facts = facts
-            for logger in trainer.loggers:
-                logger.log_hyperparams({"config": self.parser.dump(self.config, skip_none=False), **facts})
-            return
-        data = trainer.datamodule
-        if callable(getattr(data, "frame_size", None)):  # VideoFolder: keep_aspect frames are not square
-            height, width = data.frame_size(predicting=stage == "predict")
-        else:
-            size = getattr(data, "image_size", 64)
-            height, width = (size, size) if isinstance(size, int) else size
-        facts = {"parameters": pl_module.parameter_count(), "flops_per_step": flops_per_step(pl_module, height, width),
-                 **pl_module.generator.summary()}
         pl_module.run_facts = facts
         for logger in trainer.loggers:
             logger.log_hyperparams({"config": self.parser.dump(self.config, skip_none=False), **facts})
-
-
-class IterationTimer(L.Callback):
-    """Seconds per training iteration (median over the run), for the summary and the comparison table."""
-
-    def __init__(self) -> None:
-        self.durations: list[float] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.durations.append(time.perf_counter() - self.start)
-
-    def seconds_per_iteration(self) -> float | None:
-        return float(torch.tensor(self.durations).median()) if self.durations else None
 
 
 # Callbacks that read frame sequences from a VideoPrediction (GIFs, filter flow, horizon and sequence tables).
@@ -167,7 +80,7 @@ VIDEO_CALLBACKS = (PredictionGIFs, FilterFlowGIFs, PredictionFiles, HorizonTable
 
 class DFNCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
-        # The model configures itself from the data (REFERENCE: any frames_in/frames_out/channels).
+        # The model configures itself from the data (any frames_in/frames_out/channels).
         # Subclass mode for the model too: a YAML's `model: class_path:` picks the task (video prediction
         # by default, or e.g. the steerable-filter and stereo tasks); a link whose target the chosen task
         # does not take is skipped by jsonargparse.
@@ -178,7 +91,8 @@ class DFNCLI(LightningCLI):
         parser.set_defaults({
             "checkpoint.monitor": "val/loss",  # model selection on validation only, never on test
             "checkpoint.mode": "min",
-            "checkpoint.save_last": True,  # `fit --ckpt_path <run dir>` resumes from last.ckpt (issue 10)
+            "checkpoint.save_last": True,  # `fit --ckpt_path <run dir>` resumes from last.ckpt
+            "checkpoint.enable_version_counter": False,  # RunGuard refreshes the same last.ckpt: no last-v1.ckpt
             "checkpoint.filename": "best-{epoch:03d}-{step}",
             "checkpoint.auto_insert_metric_name": False,
         })
@@ -186,40 +100,86 @@ class DFNCLI(LightningCLI):
         parser.add_lightning_class_args(FilterFlowGIFs, "flow_gifs")
         parser.add_lightning_class_args(PredictionFiles, "prediction_files")
         parser.add_lightning_class_args(HorizonTables, "horizon_tables")
+        # Before the lr monitor: a stop after a signal comes at the next batch's start, before it logs anything.
+        parser.add_lightning_class_args(RunGuard, "guard")  # periodic/on-signal last.ckpt
+        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")  # NaN/inf stop before the optimiser step
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(IterationTimer, "timer")
-        parser.add_lightning_class_args(RunGuard, "guard")  # periodic/on-signal last.ckpt, NaN stop (issue 10)
         parser.add_lightning_class_args(MetricsCSV, "metrics_csv")
         parser.add_lightning_class_args(WandbMetrics, "wandb_metrics")
         parser.add_lightning_class_args(SequenceTable, "sequence_table")
         parser.add_lightning_class_args(ModelArtifacts, "model_artifacts")
 
-    def before_instantiate_classes(self) -> None:
-        choose_wandb_mode()
+    def parse_arguments(self, parser, args) -> None:
+        """Parse; then ``--ckpt_path`` may be a file or a run directory (its latest complete checkpoint) or
+        ``pretrained:<name>``, resolved to a file and checked here, and ``fit`` continues the checkpoint's run.
 
-    def instantiate_classes(self) -> None:
-        super().instantiate_classes()
-        if not isinstance(self.model, VideoPrediction):
-            # Another task (steerable filters, stereo): the callbacks that draw or score frame sequences
-            # do not apply; checkpoints, RunGuard, metrics.csv, timing and the lr monitor do.
-            self.trainer.callbacks = [c for c in self.trainer.callbacks if not isinstance(c, VIDEO_CALLBACKS)]
-
-    def _parse_ckpt_path(self) -> None:
-        """``--ckpt_path``: a file or a run directory (its latest complete checkpoint), checked before
-        Lightning reads the model's hyperparameters from it; ``fit`` continues the checkpoint's run."""
+        Here because LightningCLI reads the model's hyperparameters from ``ckpt_path`` right after this
+        public hook (in its private ``_parse_ckpt_path``), and that step takes only a file.
+        """
+        super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else None
         if config is not None and config.get("ckpt_path") and config["ckpt_path"] not in ("last", "best", "hpc",
                                                                                           "registry"):
-            checkpoint = resolve_checkpoint(config["ckpt_path"])
+            checkpoint = resolve_checkpoint(config["ckpt_path"], resume=subcommand == "fit")  # or pretrained:<name>
             config["ckpt_path"] = str(checkpoint)
             if subcommand == "fit":
                 self._continue_run(config, checkpoint)
-        super()._parse_ckpt_path()
+
+    def before_instantiate_classes(self) -> None:
+        choose_wandb_mode()
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        self._run_directory(config["trainer"])
+
+    def _run_directory(self, trainer) -> None:
+        """Where a run without a logger keeps its outputs: Lightning's default is the current directory
+        (``default_root_dir``), which ``fit --trainer.fast_dev_run=true`` would litter with checkpoints, GIFs
+        and metrics. A user's ``--trainer.default_root_dir`` is kept as it is."""
+        if trainer.get("default_root_dir") is not None:
+            return
+        if trainer.get("fast_dev_run"):  # loggers are off: a smoke test's outputs go to a temporary directory
+            self.scratch = tempfile.TemporaryDirectory(prefix="dfn-fast_dev_run-")  # removed with the CLI object
+            trainer["default_root_dir"] = self.scratch.name
+            print(f"dfn: fast_dev_run: outputs go to {self.scratch.name} (temporary, removed at exit)")
+        elif trainer.get("logger") in (None, False):
+            local = f"local-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"  # os.urandom: no global RNG
+            trainer["default_root_dir"] = str(Path("runs") / "dfn" / local)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except BAD_INPUT as err:  # a constructor's check, wrapped by jsonargparse: one line (main prints it)
+            problem = self._config_error(err)
+            if problem is None:
+                raise
+            raise problem from err
+        if not isinstance(self.model, VideoPrediction):
+            # Another task (steerable filters, stereo): the callbacks that draw or score frame sequences
+            # do not apply; checkpoints, RunGuard, NonFiniteGuard, metrics.csv, timing and the lr monitor do.
+            self.trainer.callbacks = [c for c in self.trainer.callbacks if not isinstance(c, VIDEO_CALLBACKS)]
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except (*BAD_INPUT, FetchError) as err:  # a data module's files, checked when it prepares them
+            problem = self._config_error(err, methods=("prepare_data", "setup"), kinds=(*BAD_INPUT, FetchError),
+                                         anywhere=False)
+            if problem is None:
+                raise
+            raise problem from err
+
+    def _config_error(self, err: BaseException, methods: tuple[str, ...] = ("__init__",),
+                      kinds: tuple[type[BaseException], ...] = BAD_INPUT, anywhere: bool = True) -> ConfigError | None:
+        """`err` as a one-line ConfigError naming the config argument (see dfn/config_errors.py), or None."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        groups = {name: group.group_class for name, group in self._parser(self.subcommand).groups.items()
+                  if getattr(group, "group_class", None) is not None}
+        return config_error(err, config.as_dict(), groups, methods, kinds, anywhere)
 
     @staticmethod
     def _continue_run(config, checkpoint: Path) -> None:
-        """Resuming is the same run: the checkpoint's run directory and wandb run id (issue 10).
+        """Resuming is the same run: the checkpoint's run directory and wandb run id.
 
         The run directory is ``<save_dir>/<project>/<wandb id>``; giving WandbLogger that id with
         ``resume="allow"`` makes Lightning derive the same directory (so ModelCheckpoint restores its best
@@ -250,22 +210,17 @@ class DFNCLI(LightningCLI):
             results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=None)
             self.summarise_task(results[0] if results else {})
             return
-        # First the final weights (still in memory), as the paper reports them: logged as test_final/...
-        self.model.test_prefix = "test_final"
-        try:
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=None)
-        finally:
-            self.model.test_prefix = "test"
-        final = dict(getattr(self.model, "last_test_results", {}))
-        # Then the best checkpoint by validation loss (test/...); the test set played no part in choosing it.
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
-        self.summarise(best, final)
+        # First the final weights (still in memory), as the paper reports them: test_final/...; then the
+        # best checkpoint by validation loss (test/...): the test set played no part in choosing it.
+        final = self.model.run_test(self.trainer, datamodule=self.datamodule, prefix="test_final")
+        tested = self.model.run_test(self.trainer, datamodule=self.datamodule, prefix="test", ckpt_path=best or None)
+        self.summarise(best, [final, tested])
 
     def after_test(self) -> None:
         if self.subcommand == "test" and not isinstance(self.model, VideoPrediction):
             self.summarise_task({k: v for k, v in self.trainer.callback_metrics.items() if k.startswith("test")})
         elif self.subcommand == "test":
-            self.summarise(self.config["test"].get("ckpt_path") or "")
+            self.summarise(self.config["test"].get("ckpt_path") or "", [self.model.test_result])
 
     def summarise_task(self, results: dict) -> None:
         """Summary of a task other than video prediction: ``<run dir>/summary.json`` and one line."""
@@ -286,12 +241,17 @@ class DFNCLI(LightningCLI):
         if self.trainer.is_global_zero and writer is not None and writer.written:
             print(f"dfn: wrote {len(writer.written)} prediction GIFs (+ .npy) under {writer.written[0].parent}")
 
-    def summarise(self, checkpoint: str, final: dict | None = None) -> None:
-        """Write ``<run dir>/summary.json`` and print one line: run directory, GIFs, test metrics of
-        `checkpoint` (``test/...``) and, after a fit, of the final weights (`final`, ``test_final/...``)."""
+    def summarise(self, checkpoint: str, results: list[EvalResult]) -> None:
+        """Write ``<run dir>/summary.json`` and print one line: run directory, GIFs, the test metrics of
+        `checkpoint` (the last result, ``test/...``) and, after a fit, of the final weights (``test_final/...``).
+
+        The FLOPs per step are counted here, once per run (a forward pass under FlopCounterMode)."""
         if not self.trainer.is_global_zero:
             return
-        results = {**(final or {}), **getattr(self.model, "last_test_results", {})}
+        height, width = frame_size(self.datamodule)
+        facts = {**getattr(self.model, "run_facts", {}), "flops_per_step": flops_per_step(self.model, height, width)}
+        for logger in self.trainer.loggers:
+            logger.log_hyperparams({"flops_per_step": facts["flops_per_step"]})
         timer, gifs = self._callback(IterationTimer), self._callback(PredictionGIFs)
         directory = run_dir(self.trainer)
         summary = {
@@ -299,22 +259,19 @@ class DFNCLI(LightningCLI):
             "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else "",
             "seconds_per_iteration": timer.seconds_per_iteration() if timer else None,
             "global_step": self.trainer.global_step,
-            **getattr(self.model, "run_facts", {}),
-            **results,
+            **facts,
         }
+        for result in results:
+            summary.update(result.summary())
         write_json(directory / "summary.json", summary)
         report = write_report(directory)
-        metric = "bce_per_frame" if self.model.loss_name == "bce" else "mse_per_frame"
-        model_score = results.get(f"test/{metric}")
-        copy_score = results.get(f"test/copy_last/{metric}")
-        final_score = results.get(f"test_final/{metric}")
-        scores = "no test metrics"
-        if model_score is not None:
-            scores = f"test {metric} {float(model_score):.2f}"
-            if final_score is not None:  # after a fit: name both, the paper reports the final weights
-                scores = (f"test {metric}: best-by-val checkpoint {float(model_score):.2f}, "
-                          f"final weights {float(final_score):.2f}")
-            scores += f" (copy-last-frame {float(copy_score):.2f})"
+        tested, final = results[-1], next((r for r in results if r.prefix == "test_final"), None)
+        metric = tested.loss_metric
+        scores = f"test {metric} {tested.metrics[metric]:.2f}"
+        if final is not None:  # after a fit: name both, the paper reports the final weights
+            scores = (f"test {metric}: best-by-val checkpoint {tested.metrics[metric]:.2f}, "
+                      f"final weights {final.metrics[metric]:.2f}")
+        scores += f" (copy-last-frame {tested.copy_last[metric]:.2f})"
         gif_dir = directory / "gifs" if gifs and gifs.written else "none"
         print(f"dfn: run {directory} | GIFs {gif_dir} | {scores} | summary {directory / 'summary.json'} | report {report}")
 
@@ -323,7 +280,9 @@ def main(args: list[str] | None = None, run: bool = True) -> DFNCLI:
     """The CLI; with ``run=False`` only parse and instantiate (for tests and notebooks).
 
     A run stopped by a signal (checkpoint written) or by a non-finite loss exits with one message
-    (exit status 128 + signal number, or 1) instead of a stack trace.
+    (exit status 128 + signal number, or 1) instead of a stack trace. A bad value or missing file in the
+    configuration, or a checkpoint that cannot be used, exits with status 2 and one line,
+    ``dfn: <argument>: <what is wrong and how to fix it>``; ``DFN_DEBUG=1`` shows the traceback instead.
     """
     try:
         return _main(args, run)
@@ -332,7 +291,11 @@ def main(args: list[str] | None = None, run: bool = True) -> DFNCLI:
             wandb.finish(exit_code=1)  # write the run out (offline: runs/wandb/offline-run-*)
         print(stop, file=sys.stderr)
         sys.exit(128 + int(stop.signum) if isinstance(stop, RunInterrupted) else 1)
-    except CheckpointError as err:
+    except (ConfigError, CheckpointError) as err:
+        if wandb.run is not None:
+            wandb.finish(exit_code=1)
+        if debugging():
+            raise
         print(f"dfn: {err}", file=sys.stderr)
         sys.exit(2)
 

@@ -7,6 +7,8 @@ metric, with copy-last-frame as the reference row. ``--jobs N`` trains N configs
 processes sharing the machine, e.g. one large GPU that a small model does not fill; each gets
 cores/N CPU threads unless OMP_NUM_THREADS is set); the table is the same, in the order given.
 Note that s/iter then measures a shared machine: compare it only between runs with the same --jobs.
+Each run's output is in ``<out dir>/runs/<folder>/<config>/train.log``; on a terminal a bar per running
+config shows the step it reached (from its metrics.csv, every ``log_every_n_steps``).
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from queue import Queue
+
+from dfn.progress import progress
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("bce_per_frame", "mse_per_frame", "mae_per_frame", "ssim", "ssim_openstl", "psnr")
@@ -31,23 +37,70 @@ def shown_path(config: Path) -> str:
     return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(config)
 
 
+def latest_step(save_dir: Path, since: float) -> int:
+    """The last step a run under `save_dir` logged to its metrics.csv (files written after `since`), or 0."""
+    step = 0
+    for path in save_dir.glob("dfn/*/metrics.csv"):
+        if path.stat().st_mtime < since:  # an earlier run of the same config
+            continue
+        with open(path, "rb") as f:
+            f.seek(max(0, path.stat().st_size - 512))
+            lines = f.read().decode(errors="replace").splitlines()
+        for line in reversed(lines[1:] if len(lines) > 1 else lines):  # the first may be cut in two
+            head = line.split(",", 1)[0]
+            if head.isdigit():
+                step = max(step, int(head) + 1)  # training rows: step s is logged after s + 1 iterations
+                break
+    return step
+
+
+def watch_steps(proc: subprocess.Popen, save_dir: Path, since: float, max_steps: int, poll: float = 2.0
+                ) -> Iterator[int]:
+    """One item per training iteration (up to `max_steps`) the run in `save_dir` reports, while `proc` runs."""
+    shown = 0
+    while True:
+        finished = proc.poll() is not None  # checked before reading: a finished run's last rows count
+        step = min(max_steps, latest_step(save_dir, since))
+        yield from range(shown, step)
+        shown = max(shown, step)
+        if finished:
+            return
+        try:
+            proc.wait(timeout=poll)
+        except subprocess.TimeoutExpired:
+            pass
+
+
 def run_config(config: Path, out: Path, max_steps: int, seed: int, group: str, overrides: list[str],
-               threads: int | None = None) -> dict:
+               threads: int | None = None, label: str = "", position: int | None = None) -> dict:
     """Train and test one config; returns its summary.json (see dfn.cli.DFNCLI.summarise).
-    `threads`: OMP_NUM_THREADS for the run (when the caller has not set it), for parallel jobs."""
+    `threads`: OMP_NUM_THREADS for the run (when the caller has not set it), for parallel jobs. The run's
+    output goes to ``<save dir>/train.log``; its progress (`label`, the step reached; `position`: the line
+    of its bar) shows on a terminal."""
     save_dir = out / "runs" / config.parent.name / config.stem
     args = [sys.executable, str(ROOT / "train.py"), "fit", "--config", str(config),
             "--seed_everything", str(seed), "--trainer.max_steps", str(max_steps),
             "--trainer.enable_progress_bar", "false",
             "--trainer.logger.init_args.save_dir", str(save_dir),
             "--trainer.logger.init_args.group", group, *overrides]
-    started = time.perf_counter()
+    started, since = time.perf_counter(), time.time()
     env = dict(os.environ)
     if threads and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(threads)
-    proc = subprocess.run(args, capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    log = save_dir / "train.log"
+    with open(log, "w") as output:
+        proc = subprocess.Popen(args, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        steps = watch_steps(proc, save_dir, since, max_steps)
+        try:
+            for _ in progress(steps, f"{label or shown_path(config)}: training", max_steps, "step", position):
+                pass
+        finally:
+            if proc.poll() is None:  # interrupted (Ctrl-C): do not leave the run behind
+                proc.terminate()
+            proc.wait()
     if proc.returncode != 0:
-        raise RuntimeError(f"{config} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"{config} failed ({proc.returncode}); the end of {log}:\n{log.read_text()[-3000:]}")
     summaries = sorted(save_dir.glob("dfn/*/summary.json"), key=lambda p: p.stat().st_mtime)
     if not summaries:
         raise RuntimeError(f"{config}: no summary.json under {save_dir}")
@@ -108,12 +161,24 @@ def main(argv: list[str] | None = None) -> None:
     out_dir = args.out.parent.resolve()
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
 
-    def one(config: Path) -> dict:
-        print(f"dfn.compare: {config} ({args.max_steps} steps)", flush=True)
-        return run_config(config.resolve(), out_dir, args.max_steps, args.seed, group, args.override, threads)
+    lines: Queue[int] = Queue()  # a free progress-bar line for each job running
+    for line in range(args.jobs):
+        lines.put(line)
+
+    def one(numbered: tuple[int, Path]) -> dict:
+        number, config = numbered
+        label = f"[{number}/{len(args.configs)}] {shown_path(config)}"
+        print(f"dfn.compare: {label} ({args.max_steps} steps)", flush=True)
+        line = lines.get()
+        try:
+            return run_config(config.resolve(), out_dir, args.max_steps, args.seed, group, args.override, threads,
+                              label=label, position=line if args.jobs > 1 else None)
+        finally:
+            lines.put(line)
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # threads only wait on the subprocesses
-        summaries = list(pool.map(one, args.configs))  # in the order given, whatever order they finish in
+        # in the order given, whatever order they finish in
+        summaries = list(pool.map(one, enumerate(args.configs, start=1)))
     command = " ".join(["python -m dfn.compare", *map(shown_path, args.configs), f"--max-steps {args.max_steps}",
                         f"--seed {args.seed}", *(f"--override={o}" for o in args.override),
                         *([f"--jobs {args.jobs}"] if args.jobs > 1 else [])])

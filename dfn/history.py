@@ -6,12 +6,15 @@ the wandb logger stays first and keeps deciding the run directory (Lightning put
 first logger's ``save_dir/name/version``), and every ``self.log`` value lands in both.
 
 The file is long-format, ``step,metric,value`` (one row per logged value), so it can be appended to
-when a run is resumed into the same directory and new metric names never force a rewrite.
+when a run is resumed into the same directory and new metric names never force a rewrite. A resumed run
+first drops the rows logged after its checkpoint (a SIGKILL leaves some), so the file holds every step
+once, as a run never stopped writes it.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -88,6 +91,36 @@ class MetricsCSV(L.Callback):
         # Lightning has created the first logger's experiment (the wandb run id) before callbacks' setup,
         # so the run directory is known here.
         trainer.loggers = [*trainer.loggers, CSVMetricsLogger(run_dir(trainer) / "metrics.csv")]
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A resumed run: drop the rows logged after its checkpoint, which it logs again.
+
+        Lightning logs the values of optimiser step k (and the validation after it) at logger step k - 1,
+        and a run resumed at ``global_step`` g logs from logger step g on, wherever in the epoch its
+        checkpoint was written; so the rows to drop are those with step >= g.
+        """
+        logger = next((lg for lg in trainer.loggers if isinstance(lg, CSVMetricsLogger)), None)
+        if not self.enabled or logger is None or not trainer.ckpt_path or not trainer.is_global_zero:
+            return
+        drop_after(logger.path, trainer.global_step)
+
+
+def drop_after(path: Path, step: int) -> int:
+    """Rewrite ``metrics.csv`` at `path` without the rows whose step is >= `step` (atomically: temporary
+    file + ``os.replace``); returns how many were dropped (0 when the file does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    kept = [row for row in rows[1:] if int(row[0]) < step]
+    if len(kept) == len(rows) - 1:
+        return 0
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "w", newline="") as f:
+        csv.writer(f).writerows([rows[0], *kept])
+    os.replace(partial, path)
+    return len(rows) - 1 - len(kept)
 
 
 def read_metrics(path: Path) -> dict[str, tuple[list[int], list[float]]]:

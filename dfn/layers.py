@@ -9,10 +9,10 @@ never build filters themselves, so any generator (dfn.generators) can be combine
   Generator output: (B, K*K[+1]).
 
 Filter channel k is the window offset (dy, dx) = (k // K - K//2, k % K - K//2), row-major
-(REFERENCE §1). With ``softmax=True`` the K*K values are normalised so each output pixel is a
+(De Brabandere et al. 2016; docs/paper.md). With ``softmax=True`` the K*K values are normalised so each output pixel is a
 convex combination of its neighbourhood. With ``dynamic_bias=True`` the last channel is a
 generated bias added to the frame *before* filtering. ``padding_mode`` says what the window reads
-outside the frame: "zeros" (the paper's, default), "replicate" or "reflect" (issue 9).
+outside the frame: "zeros" (the paper's, default), "replicate" or "reflect" (ours; docs/operators.md).
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ import torch
 from torch import Tensor, nn
 
 from dfn.ops import dynamic_conv, local_filter
+from dfn.ops.softmax_local_filter import softmax_local_filter
 from dfn.ops._checks import PaddingMode, check_padding_mode
 
 
 def same_dtype(frame: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
     """Under autocast (``precision: bf16-mixed``) the generated filters come out in bfloat16 while the
-    frames are float32 (issue 12): filter in the wider of the two types."""
+    frames are float32 (docs/gpu.md): filter in the wider of the two types."""
     if frame.dtype == weights.dtype:
         return frame, weights
     dtype = torch.promote_types(frame.dtype, weights.dtype)
@@ -84,13 +85,14 @@ class DynamicLocalFiltering(_DynamicFilterLayer):
                              f"(B, C, {self.filter_channels}, H, W) for kernel_size="
                              f"{self.kernel_size}, dynamic_bias={self.dynamic_bias}; got {got}")
         axis = filters.dim() - 3  # the K*K[+1] axis: 1 for shared, 2 for per-channel filters
-        weights = filters.narrow(axis, 0, kk)  # (B, [C,] K*K, H, W)
-        if self.softmax:
-            weights = torch.softmax(weights, dim=axis)
+        weights = filters  # (B, [C,] K*K, H, W); not a narrow(): its backward zero-fills a filter-sized copy
         if self.dynamic_bias:
+            # split's backward is one concatenation of the two gradients
+            weights, bias = filters.split([kk, 1], dim=axis)  # (B, [C,] K*K, H, W), (B, [C,] 1, H, W)
             # (B, 1, H, W) shared, broadcast over C; per-channel (B, C, H, W).
-            bias = filters.select(axis, kk)
-            frame = frame + (bias.unsqueeze(1) if axis == 1 else bias)
+            frame = frame + (bias if axis == 1 else bias.squeeze(axis))
+        if self.softmax:  # softmax and filtering in one operator, in the wider of the two dtypes
+            return softmax_local_filter(frame, weights, self.dilation, padding_mode=self.padding_mode)
         return local_filter(*same_dtype(frame, weights), self.dilation, padding_mode=self.padding_mode)
 
 

@@ -1,10 +1,10 @@
-"""Video prediction metrics, each named with its convention (REFERENCE §2: conventions differ by paper).
+"""Video prediction metrics, each named with its convention (conventions differ by paper: docs/metrics.md).
 
 All metrics are computed per predicted frame and kept per prediction horizon (frame 1..N), so that
 ``compute()`` returns both the average over horizons and the curve. States are sums with
 ``dist_reduce_fx="sum"``, so under DDP every rank's shard counts exactly once.
 
-Which prediction each metric scores (issue 8: metrics that match their names):
+Which prediction each metric scores (each metric scores what its name says):
 
 - ``bce_per_frame``: binary cross-entropy summed over a frame's pixels (and channels), averaged over
   predicted frames and sequences, on predictions clipped to [eps, 1 - eps] -- the DFN paper's
@@ -28,14 +28,39 @@ Which prediction each metric scores (issue 8: metrics that match their names):
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+import torch.nn.functional as F
 from einops import rearrange, reduce
 from torchmetrics import Metric
-import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 NAMES = ("bce_per_frame", "bce_per_pixel", "mse_per_frame", "mse_per_pixel", "mae_per_frame", "ssim",
          "ssim_openstl", "psnr")
+# Which way is better, for every metric above (and for ``loss``, the monitored one): the one place that
+# says so; dfn.module, dfn.cli, dfn.wandb_extras and dfn.report read it.
+BETTER: dict[str, Literal["min", "max"]] = {**{name: "min" for name in NAMES}, "ssim": "max", "ssim_openstl": "max",
+                                            "psnr": "max", "loss": "min"}
+# What ``val/loss`` (model selection) and ``test/loss`` are for each training loss: the loss's own
+# quantity, summed over a frame's pixels (dfn.module's docstring).
+MONITORED = {"bce": "bce_per_frame", "mse": "mse_per_frame"}
+
+
+def better(name: str) -> Literal["min", "max"]:
+    """``"min"`` or ``"max"``: the better direction of a metric, by its last name part (``test/copy_last/ssim``
+    -> ``ssim`` -> ``"max"``); a ValueError for a name that is not a metric here."""
+    metric = name.rsplit("/", 1)[-1]
+    if metric not in BETTER:
+        raise ValueError(f"better: {name!r} is not one of the metrics {', '.join(BETTER)}")
+    return BETTER[metric]
+
+
+def monitored_metric(loss: str) -> str:
+    """The metric that ``<stage>/loss`` is for training loss `loss` (``bce`` -> ``bce_per_frame``)."""
+    if loss not in MONITORED:
+        raise ValueError(f"monitored_metric: loss must be one of {', '.join(map(repr, MONITORED))}, got {loss!r}")
+    return MONITORED[loss]
 OPENSTL_SSIM_RANGE = 2.0  # scikit-image <= 0.19's implicit data range for float images (dtype range [-1, 1])
 
 
@@ -114,25 +139,44 @@ class FrameMetrics(Metric):
     """Accumulates `frame_scores` over batches (and ranks) per prediction horizon.
 
     ``compute()`` returns ``{name: mean over horizons}`` plus ``{f"{name}/horizon": (T,) curve}``.
+    With ``keep_sequences`` it also keeps every scored sequence's scores (mean over its predicted frames),
+    on the device and for this rank only: ``batch_scores`` after each update, `sequence_scores` at the end.
     """
 
     full_state_update = False
 
-    def __init__(self, frames_out: int, eps: float = 1e-7) -> None:
+    def __init__(self, frames_out: int, eps: float = 1e-7, keep_sequences: bool = False) -> None:
         super().__init__()
-        self.frames_out, self.eps = frames_out, eps
+        self.frames_out, self.eps, self.keep_sequences = frames_out, eps, keep_sequences
         for name in NAMES:
             self.add_state(name, default=torch.zeros(frames_out, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("sequences", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.kept: list[torch.Tensor] = []  # (B, len(NAMES)) per batch; not a synced state (rank-local rows)
+        self.batch_scores: dict[str, torch.Tensor] = {}  # name -> (B,) of the latest batch (keep_sequences)
 
     def update(self, predictions: torch.Tensor, targets: torch.Tensor) -> None:
         """predictions, targets: (B, frames_out, C, H, W) in [0, 1]."""
         if predictions.shape[1] != self.frames_out:
             raise ValueError(f"FrameMetrics: expected {self.frames_out} predicted frames, got {predictions.shape[1]}")
-        for name, values in frame_scores(predictions, targets, self.eps).items():
+        scores = frame_scores(predictions, targets, self.eps)
+        for name, values in scores.items():
             state = getattr(self, name)
             state += values.sum(0).to(state.device)  # (T,) summed over sequences
         self.sequences += predictions.shape[0]
+        if self.keep_sequences:
+            self.batch_scores = {name: scores[name].mean(1) for name in NAMES}  # (B,) each, mean over frames
+            self.kept.append(torch.stack([self.batch_scores[name] for name in NAMES], dim=1))  # (B, len(NAMES))
+
+    def sequence_scores(self) -> dict[str, torch.Tensor]:
+        """name -> (N,) float64 on the device: every sequence this rank scored, in order (``keep_sequences``)."""
+        if not self.kept:
+            return {}
+        rows = torch.cat(self.kept)  # (N, len(NAMES))
+        return {name: rows[:, i] for i, name in enumerate(NAMES)}
+
+    def reset(self) -> None:
+        super().reset()
+        self.kept, self.batch_scores = [], {}
 
     def compute(self) -> dict[str, torch.Tensor]:
         if self.sequences.item() == 0:  # an empty evaluation set must not read as a perfect 0.0

@@ -6,22 +6,27 @@ clipped to [eps, 1 - eps]), ``mse`` for highway. Validation and test report ever
 prediction horizon too. ``val/loss`` is what model selection monitors: the training loss itself, summed
 over a frame's pixels instead of averaged (``bce``: ``bce_per_frame``, the same clip and eps; ``mse``:
 ``mse_per_frame`` of the raw predictions), i.e. training loss x C*H*W; the test set is never seen during
-fit. Test metrics are logged under ``test_prefix`` (``test`` by default; the CLI tests the final weights
-of a fit under ``test_final``).
+fit. Every pass returns a `dfn.evaluation.EvalResult` (``val_result``, ``test_result``); test metrics are
+logged under the prefix given to `run_test` (``test`` by default; the CLI tests the final weights of a fit
+under ``test_final``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import warnings
 from typing import Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from einops import repeat
 
+from dfn.checkpoint_files import CheckpointError, differing_hyperparameters, resolve_checkpoint, shape_mismatch
 from dfn.generators.base import FilterGenerator
-from dfn.metrics import FrameMetrics
+from dfn.checks import check_choice, check_int, check_number, check_positive, fail
+from dfn.evaluation import EvalResult, Evaluation
+from dfn.metrics import monitored_metric
 from dfn.predictor import Layout, VideoPredictor
 
 # Through LightningCLI the generator is saved in the hyperparameters as its config (class_path and
@@ -30,34 +35,32 @@ from dfn.predictor import Layout, VideoPredictor
 warnings.filterwarnings("ignore", message="Attribute 'generator' is an instance of `nn.Module`")
 
 
-def check_training_config(frames_in: int, buffer_len: int, lr: float, lr_decay_every: int, lr_decay: float,
-                          bce_eps: float, lr_schedule: str = "step", warmup_fraction: float = 0.1,
-                          lr_decay_unit: str = "epoch", scheduled_sampling: float = 0.0) -> None:
-    """Raise a ValueError naming the argument and its allowed range for a training setting that cannot work."""
-    if buffer_len > frames_in:
-        raise ValueError(f"buffer_len must be <= frames_in ({frames_in}): the generator reads the last buffer_len "
-                         f"input frames; got buffer_len={buffer_len}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    if isinstance(lr_decay_every, bool) or not isinstance(lr_decay_every, int) or lr_decay_every < 1:
-        raise ValueError(f"lr_decay_every must be an integer >= 1 (epochs, or steps with lr_decay_unit: step, "
-                         f"between learning-rate decays), got {lr_decay_every!r}")
-    if not 0 < lr_decay <= 1:
-        raise ValueError(f"lr_decay must be in (0, 1] (the factor applied every lr_decay_every epochs or steps; "
-                         f"1 = constant), got {lr_decay}")
-    if not 0 < bce_eps < 0.5:
-        raise ValueError(f"bce_eps must be in (0, 0.5) (predictions are clipped to [bce_eps, 1 - bce_eps]), "
-                         f"got {bce_eps}")
-    if lr_schedule not in ("step", "onecycle"):
-        raise ValueError(f"lr_schedule must be 'step' or 'onecycle', got {lr_schedule!r}")
-    if lr_decay_unit not in ("epoch", "step"):
-        raise ValueError(f"lr_decay_unit must be 'epoch' or 'step' (what lr_decay_every counts), got {lr_decay_unit!r}")
-    if not 0 < warmup_fraction < 1:
-        raise ValueError(f"warmup_fraction must be in (0, 1) (the share of the run spent warming up), "
-                         f"got {warmup_fraction!r}")
-    if isinstance(scheduled_sampling, bool) or not 0 <= scheduled_sampling <= 1:
-        raise ValueError(f"scheduled_sampling must be in [0, 1] (the fraction of the run over which the chance "
-                         f"of feeding the true frame falls from 1 to 0; 0 = off), got {scheduled_sampling!r}")
+def check_training_config(*, frames_in: int, frames_out: int, buffer_len: int, loss: str, lr: float,
+                          lr_decay_every: int, lr_decay: float, lr_decay_unit: str, lr_schedule: str,
+                          warmup_fraction: float, bce_eps: float, scheduled_sampling: float) -> None:
+    """Raise a ValueError naming the argument and its allowed range for a training setting that cannot work
+    (`dfn.checks`' message shape)."""
+    owner = "VideoPrediction"
+    check_choice(owner, "loss", loss, ("bce", "mse"))
+    check_int(owner, "frames_in", frames_in)
+    check_int(owner, "frames_out", frames_out)
+    if check_int(owner, "buffer_len", buffer_len) > frames_in:
+        raise fail(owner, "buffer_len", f"<= frames_in ({frames_in})", buffer_len,
+                   meaning="the generator reads the last buffer_len input frames")
+    check_positive(owner, "lr", lr)
+    check_int(owner, "lr_decay_every", lr_decay_every,
+              meaning="epochs, or steps with lr_decay_unit: step, between learning-rate decays")
+    check_number(owner, "lr_decay", lr_decay, low=0, high=1, low_open=True,
+                 meaning="the factor applied every lr_decay_every epochs or steps; 1 = constant")
+    check_choice(owner, "lr_decay_unit", lr_decay_unit, ("epoch", "step"), meaning="what lr_decay_every counts")
+    check_choice(owner, "lr_schedule", lr_schedule, ("step", "onecycle"))
+    check_number(owner, "warmup_fraction", warmup_fraction, low=0, high=1, low_open=True, high_open=True,
+                 meaning="the share of the run spent warming up")
+    check_number(owner, "bce_eps", bce_eps, low=0, high=0.5, low_open=True, high_open=True,
+                 meaning="predictions are clipped to [bce_eps, 1 - bce_eps]")
+    check_number(owner, "scheduled_sampling", scheduled_sampling, low=0, high=1,
+                 meaning="the fraction of the run over which the chance of feeding the true frame falls from 1 "
+                         "to 0; 0 = off")
 
 
 class VideoPrediction(L.LightningModule):
@@ -93,25 +96,28 @@ class VideoPrediction(L.LightningModule):
         lr_schedule: Literal["step", "onecycle"] = "step",  # paper: step (halve every lr_decay_every epochs)
         warmup_fraction: float = 0.1,  # onecycle only: fraction of the run spent warming up to lr
         scheduled_sampling: float = 0.0,  # paper: 0 (predictions always fed back); see training_step
+        init_from: str | None = None,  # fine-tune: start fit from these weights (see on_fit_start)
     ) -> None:
         super().__init__()
-        if loss not in ("bce", "mse"):
-            raise ValueError(f"loss must be 'bce' or 'mse', got {loss!r}")
-        if frames_in < 1 or frames_out < 1:
-            raise ValueError(f"frames_in and frames_out must be >= 1, got {frames_in} and {frames_out}")
-        check_training_config(frames_in, buffer_len, lr, lr_decay_every, lr_decay, bce_eps, lr_schedule,
-                              warmup_fraction, lr_decay_unit, scheduled_sampling)
+        check_training_config(frames_in=frames_in, frames_out=frames_out, buffer_len=buffer_len, loss=loss, lr=lr,
+                              lr_decay_every=lr_decay_every, lr_decay=lr_decay, lr_decay_unit=lr_decay_unit,
+                              lr_schedule=lr_schedule, warmup_fraction=warmup_fraction, bce_eps=bce_eps,
+                              scheduled_sampling=scheduled_sampling)
+        if init_from is not None and (not isinstance(init_from, str) or not init_from.strip()):
+            raise ValueError(f"init_from must be a checkpoint file, a run directory or pretrained:<name> "
+                             f"(python -m dfn.pretrained list), got {init_from!r}")
+        # Whether fit still has to load `init_from`: not once weights came from a checkpoint (on_load_checkpoint).
+        self.init_pending = init_from is not None
         self.save_hyperparameters()
         self.predictor = VideoPredictor(generator, channels=channels, buffer_len=buffer_len, encoder_width=encoder_width,
                                         hidden=hidden, decoder_width=decoder_width, features=features, layout=layout,
                                         untied_input_bias=untied_input_bias, image_size=image_size,
                                         refinement=refinement)
         self.frames_in, self.frames_out, self.channels, self.loss_name = frames_in, frames_out, channels, loss
-        self.metrics = torch.nn.ModuleDict({
-            f"{stage}_{who}": FrameMetrics(frames_out, bce_eps)
-            for stage in ("val", "test") for who in ("model", "copy_last")
-        })
-        self.test_prefix = "test"  # the name test metrics are logged under (the CLI's after_fit: test_final)
+        self.evaluation = Evaluation(frames_out, bce_eps)  # the model's and copy-last-frame's scores
+        self.val_result: EvalResult | None = None  # the latest validation pass
+        self.test_result: EvalResult | None = None  # the latest test pass
+        self._test_prefix = "test"  # what test metrics are logged under: set only by run_test, for one pass
 
     @property
     def generator(self) -> FilterGenerator:
@@ -131,7 +137,7 @@ class VideoPrediction(L.LightningModule):
     def loss(self, predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Training loss, averaged over pixels (Adam is insensitive to the scale; metrics report sums).
 
-        Computed in float32 outside autocast (issue 12): CUDA autocast refuses F.binary_cross_entropy,
+        Computed in float32 outside autocast: CUDA autocast refuses F.binary_cross_entropy,
         and in bfloat16 the clip 1 - eps rounds to 1, so a saturated prediction would give log(0).
         """
         with torch.autocast(predictions.device.type, enabled=False):
@@ -151,65 +157,81 @@ class VideoPrediction(L.LightningModule):
         total = max(1.0, fraction * float(self.trainer.estimated_stepping_batches))
         return max(0.0, 1.0 - self.global_step / total)
 
+    def truth_mask(self, batch_size: int, device: torch.device, batch_idx: int = 0) -> torch.Tensor | None:
+        """Scheduled sampling's draw: (B, frames_out) bool, True where that step of that sample reads the
+        true frame; None when off (probability 0).
+
+        A pure function of (seed, global step, batch, sample), so a resumed run draws exactly the masks of
+        a run never stopped, and no global RNG is touched: a generator seeded from ``seed_everything``'s
+        seed (``PL_GLOBAL_SEED``), the global step and the batch index draws the masks of the whole
+        global batch, of which rank r of w takes rows r, r + w, ... (the training shards interleave so).
+        """
+        p = self.truth_probability()
+        if p <= 0:
+            return None
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        key = hashlib.blake2b(f"scheduled_sampling/{seed}/{self.global_step}/{batch_idx}".encode(), digest_size=8)
+        generator = torch.Generator(device=device).manual_seed(int.from_bytes(key.digest(), "little") >> 1)
+        draws = torch.rand(batch_size * world, self.frames_out, generator=generator, device=device)  # (W*B, frames_out)
+        return draws[rank::world] < p  # (B, frames_out)
+
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         inputs, targets = self.split(batch)
-        p = self.truth_probability()
-        if p > 0:  # the global RNG: RunGuard checkpoints it, so a resumed run draws the same masks
-            feed_truth = torch.rand(len(batch), self.frames_out, device=batch.device) < p  # (B, frames_out)
+        feed_truth = self.truth_mask(len(batch), batch.device, batch_idx)  # (B, frames_out) or None (off)
+        if feed_truth is not None:
             predictions = self.predictor(inputs, self.frames_out, truth=targets, feed_truth=feed_truth)
-            self.log("train/truth_probability", p)
+            self.log("train/truth_probability", self.truth_probability())
         else:
             predictions = self(inputs)
         loss = self.loss(predictions, targets)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def _evaluate(self, batch: torch.Tensor, stage: str) -> None:
+    def _evaluate(self, batch: torch.Tensor, stage: str) -> dict[str, torch.Tensor | dict[str, torch.Tensor]]:
+        """Score one batch; returns the predictions and, for a test batch, each sequence's scores (name ->
+        (B,)), which the callbacks get as this step's outputs (`dfn.wandb_extras.SequenceTable`)."""
         inputs, targets = self.split(batch)
         predictions = self(inputs)
-        prefix = self.test_prefix if stage == "test" else stage
+        prefix = self._test_prefix if stage == "test" else stage
         self.log(f"{prefix}/loss_mean", self.loss(predictions, targets), sync_dist=True, batch_size=len(batch))
-        self.metrics[f"{stage}_model"].update(predictions, targets)
-        copy_last = repeat(inputs[:, -1], "b c h w -> b t c h w", t=self.frames_out)
-        self.metrics[f"{stage}_copy_last"].update(copy_last, targets)
+        scores = self.evaluation.update(stage, inputs, targets, predictions)
+        return {"predictions": predictions, "scores": scores}
 
-    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> dict:
+        return self._evaluate(batch, "val")
 
-    def test_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+    def test_step(self, batch: torch.Tensor, batch_idx: int) -> dict:
+        return self._evaluate(batch, "test")
 
     def predict_step(self, batch: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
         inputs = batch[:, : self.frames_in]
         return {"inputs": inputs, "targets": batch[:, self.frames_in :], "predictions": self(inputs)}
 
-    def _log_metrics(self, stage: str, name_prefix: str) -> dict[str, torch.Tensor]:
-        """Compute (synchronised over ranks), log under `name_prefix` and reset; returns the scalars and
-        horizon curves."""
-        results = {}
-        for who in ("model", "copy_last"):
-            metric = self.metrics[f"{stage}_{who}"]
-            prefix = name_prefix if who == "model" else f"{name_prefix}/copy_last"
-            for name, value in metric.compute().items():
-                results[f"{prefix}/{name}"] = value
-            metric.reset()
-        scalars = {k: v.float() for k, v in results.items() if not k.endswith("/horizon")}
-        # What checkpointing monitors: the training loss's own quantity (module docstring), per frame.
-        monitored = "bce_per_frame" if self.loss_name == "bce" else "mse_per_frame"
-        scalars[f"{name_prefix}/loss"] = scalars[f"{name_prefix}/{monitored}"]
-        self.log_dict(scalars, sync_dist=False)  # already reduced over ranks by torchmetrics
-        return results
-
     def on_validation_epoch_end(self) -> None:
-        self.last_val_results = self._log_metrics("val", "val")
+        self.val_result = self.evaluation.result("val", "val", monitored_metric(self.loss_name),
+                                                 complete=not self.trainer.sanity_checking)
+        self.log_dict(self.val_result.logged(), sync_dist=False)  # already reduced over ranks by torchmetrics
 
     def on_test_epoch_end(self) -> None:
-        self.last_test_results = self._log_metrics("test", self.test_prefix)
+        self.test_result = self.evaluation.result("test", self._test_prefix, monitored_metric(self.loss_name))
+        self.log_dict(self.test_result.logged(), sync_dist=False)
+
+    def run_test(self, trainer: L.Trainer, *, datamodule: L.LightningDataModule | None = None, dataloaders=None,
+                 prefix: str = "test", ckpt_path: str | None = None) -> EvalResult:
+        """Test these weights (or, with `ckpt_path`, that checkpoint's, loaded into this model) on the data
+        module's test set (or `dataloaders`), logged under `prefix`; returns the pass's result."""
+        self._test_prefix = prefix
+        try:
+            trainer.test(self, dataloaders=dataloaders, datamodule=datamodule, ckpt_path=ckpt_path)
+        finally:
+            self._test_prefix = "test"
+        return self.test_result
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
         if self.hparams.lr_schedule == "onecycle":
-            # Ours (issue 9, short CPU budgets): warm up to lr, then cosine-anneal towards zero over the
+            # Ours (short CPU budgets): warm up to lr, then cosine-anneal towards zero over the
             # whole run, per step; `lr` is the peak. The run's length is known from max_steps/max_epochs.
             scheduler = torch.optim.lr_scheduler.OneCycleLR(
                 optimizer, max_lr=self.hparams.lr, total_steps=int(self.trainer.estimated_stepping_batches),
@@ -219,6 +241,45 @@ class VideoPrediction(L.LightningModule):
         # StepLR counts its own .step() calls; Lightning calls it once per epoch or once per optimiser step.
         interval = self.hparams.get("lr_decay_unit", "epoch")  # checkpoints from before the option: epochs
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+
+    def on_fit_start(self) -> None:
+        """``init_from`` (fine-tuning): a new run starts from those weights, with a fresh optimiser and
+        schedule (``global_step`` 0). Loaded here, once, and not in ``__init__``: loading a fine-tuned
+        model's own checkpoint then never needs the file it started from, and a resumed fit (its
+        checkpoint is restored before this hook) keeps its own weights (`on_load_checkpoint`)."""
+        if self.init_pending:
+            self.init_pending = False
+            self.load_weights_from(self.hparams.init_from)
+
+    def load_weights_from(self, source: str) -> None:
+        """Copy the weights of `source` (a checkpoint file, a run directory or ``pretrained:<name>``) into
+        this model, strictly: a ValueError names the first tensor that differs and the hyperparameters
+        behind it."""
+        path = resolve_checkpoint(source, argument="model.init_from")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        problem = self.weights_problem(checkpoint, strict=True)
+        if problem:
+            raise CheckpointError(f"model.init_from {source}: {problem}")
+        self.load_state_dict(checkpoint["state_dict"], strict=True)
+        print(f"dfn: model weights from {source} ({path}, trained {checkpoint.get('global_step', '?')} "
+              f"iterations); optimiser and learning-rate schedule start fresh")
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Before Lightning copies a checkpoint's weights in (resume, test, predict, load_from_checkpoint):
+        a clear error on a shape mismatch, and ``init_from`` is not applied over them."""
+        self.init_pending = False
+        problem = self.weights_problem(checkpoint, strict=False)  # missing/extra tensors: Lightning's strict load
+        if problem:
+            raise CheckpointError(f"the checkpoint does not fit this model: {problem}")
+
+    def weights_problem(self, checkpoint: dict, strict: bool) -> str | None:
+        """Why `checkpoint`'s state dict does not fit this model (the first differing tensor and the
+        hyperparameters that differ), or None."""
+        if "state_dict" not in checkpoint:
+            return "it holds no state_dict (a Lightning checkpoint or a shipped model is needed)"
+        problem = shape_mismatch(self.state_dict(), checkpoint["state_dict"], strict)
+        differ = differing_hyperparameters(checkpoint.get("hyper_parameters") or {}, self.hparams) if problem else []
+        return problem and problem + (f"; hyperparameters that differ: {'; '.join(differ)}" if differ else "")
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

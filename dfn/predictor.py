@@ -1,4 +1,4 @@
-"""The video predictor: a recurrent filter-generating network unrolled over frames (REFERENCE §1).
+"""The video predictor: a recurrent filter-generating network unrolled over frames (De Brabandere et al. 2016; docs/paper.md).
 
 One step reads the latest ``buffer_len`` frames, updates a convolutional hidden state and decodes
 features; the generator turns the features into filters, and its filtering layer applies them to the
@@ -20,6 +20,18 @@ from torch import nn
 
 from dfn.generators.base import FilterGenerator
 from dfn.generators.initialisation import he_uniform_
+
+
+def activation_format(device: torch.device) -> torch.memory_format:
+    """The memory layout the rollout keeps its activations in: NHWC on CPU, NCHW elsewhere.
+
+    On CPU, oneDNN's convolutions run 1.5-4x faster forward + backward on NHWC tensors than on NCHW
+    ones, which it reorders on every call, and a 1x1 conv in NHWC hands the filtering layer filters
+    with each pixel's K*K values contiguous (docs/speed.md). The GPU figures were measured NCHW
+    (docs/speed.md); `dfn.speed.ChannelsLast` switches a run to NHWC weights. Values do not depend
+    on the layout beyond float rounding.
+    """
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -104,13 +116,15 @@ class VideoPredictor(nn.Module):
         generator.build(features, channels)
 
     def act(self, x: torch.Tensor) -> torch.Tensor:
-        return F.leaky_relu(x, 0.01)  # paper: leaky ReLU, slope 0.01
+        """Leaky ReLU, slope 0.01 (paper), in place: x is always a fresh layer output here, which no
+        backward reads (a conv's backward reads its input), so no new tensor and no extra pass."""
+        return F.leaky_relu(x, 0.01, inplace=True)
 
-    def step(self, inputs: torch.Tensor, hidden: torch.Tensor | None) -> torch.Tensor:
-        """One recurrent update: encoder, mid layer and recurrence.
+    def encode(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Encoder and mid layer, the part of a step that reads frames only (not the hidden state).
 
-        inputs (B, buffer_len*C, H, W), newest frame last; hidden (B, hidden, H/2, W/2) or None (h_0 = 0).
-        Returns the new hidden state h = mid + recurrence(h_prev), (B, hidden, H/2, W/2).
+        inputs (N, buffer_len*C, H, W), newest frame last; N is any batch (the rollout passes B·T
+        ground-truth windows at once). Returns (N, hidden, H/2, W/2).
         """
         x = self.encoder[0](inputs)
         if self.input_bias is not None:  # the authors' highway network: one bias per channel and pixel
@@ -125,11 +139,31 @@ class VideoPredictor(nn.Module):
         x = self.act(x)
         for conv in self.encoder[1:]:
             x = self.act(conv(x))
-        h = self.act(self.mid(x))
-        r = torch.zeros_like(h) if hidden is None else hidden
-        for conv in self.recurrence:
-            r = self.act(conv(r))
-        return h + r
+        return self.act(self.mid(x))
+
+    def recur(self, hidden: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+        """The recurrence: two conv3x3 on the previous hidden state (B, hidden, H/2, W/2).
+
+        ``hidden=None`` is h_0 = 0, where the first conv returns its bias at every pixel exactly (a sum
+        of zero products plus the bias), so it is not run; ``like`` (the mid layer's output) gives the
+        shape. Returns (B, hidden, H/2, W/2), to be added to the mid layer's output.
+        """
+        first, second = self.recurrence
+        if hidden is None:
+            # conv of zeros = its bias at every pixel; written into `like`'s layout (NHWC on CPU)
+            r = torch.empty_like(like).copy_(F.leaky_relu(first.bias, 0.01).view(1, -1, 1, 1))
+        else:
+            r = self.act(first(hidden))
+        return self.act(second(r))
+
+    def step(self, inputs: torch.Tensor, hidden: torch.Tensor | None) -> torch.Tensor:
+        """One recurrent update: encoder, mid layer and recurrence.
+
+        inputs (B, buffer_len*C, H, W), newest frame last; hidden (B, hidden, H/2, W/2) or None (h_0 = 0).
+        Returns the new hidden state h = mid + recurrence(h_prev), (B, hidden, H/2, W/2).
+        """
+        h = self.encode(inputs)
+        return h + self.recur(hidden, h)
 
     def decode(self, hidden: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Decoder: hidden (B, hidden, H/2, W/2) -> features (B, features, H, W) for the generator."""
@@ -147,9 +181,37 @@ class VideoPredictor(nn.Module):
         inputs (B, buffer_len*C, H, W): the frames this step read. Returns (B, C, H, W), unbounded.
         """
         x = torch.cat([filtered, inputs], dim=1)  # (B, (1 + buffer_len)*C, H, W)
+        x = x.to(memory_format=activation_format(x.device))  # cat of mixed layouts comes out NCHW
         for conv in self.refinement:
             x = self.act(conv(x))  # leaky ReLU on every layer, the last one too (authors' code)
         return filtered + x
+
+    def predict_frame(self, hidden: torch.Tensor, frame: torch.Tensor, inputs: torch.Tensor):
+        """Decoder, generator and filtering layer (and refinement) of one prediction step.
+
+        hidden (B, hidden, H/2, W/2); frame (B, C, H, W), the newest frame the step read, which the
+        filters are applied to; inputs (B, buffer_len*C, H, W), the step's window (for refinement).
+        Returns the prediction (B, C, H, W) and the filters that made it (as the generator returns them).
+        """
+        filters = self.generator(self.decode(hidden, frame.shape[-2:]))
+        prediction = self.generator.filtering(frame, filters)  # filter the frame this step read
+        if self.refinement is not None:
+            prediction = self.refine(prediction, inputs)
+        return prediction, filters
+
+    def _check_rollout(self, frames: torch.Tensor, frames_out: int, truth: torch.Tensor | None,
+                       feed_truth: torch.Tensor | None) -> None:
+        if frames.dim() != 5 or frames.shape[2] != self.channels:
+            raise ValueError(f"VideoPredictor: frames must be (B, T, C={self.channels}, H, W); got {tuple(frames.shape)}")
+        if frames.shape[1] < self.buffer_len:
+            raise ValueError(f"VideoPredictor: needs at least buffer_len={self.buffer_len} input frames, "
+                             f"got {frames.shape[1]}")
+        if (truth is None) != (feed_truth is None):
+            raise ValueError("VideoPredictor: scheduled sampling needs both `truth` and `feed_truth`")
+        if feed_truth is not None and (truth.shape[:2] != (frames.shape[0], frames_out)
+                                       or feed_truth.shape != (frames.shape[0], frames_out)):
+            raise ValueError(f"VideoPredictor: truth must be (B, frames_out={frames_out}, C, H, W) and feed_truth "
+                             f"(B, frames_out); got {tuple(truth.shape)} and {tuple(feed_truth.shape)}")
 
     def forward(self, frames: torch.Tensor, frames_out: int, keep_filters: bool = False, *,
                 truth: torch.Tensor | None = None, feed_truth: torch.Tensor | None = None):
@@ -163,36 +225,64 @@ class VideoPredictor(nn.Module):
         and ``feed_truth`` (B, frames_out) bool, the frame read after predicting frame k is ``truth[:, k]``
         where ``feed_truth[:, k]`` and the prediction elsewhere. Without them (the paper, and always at
         evaluation) every prediction is fed back.
+
+        The steps that read ground truth only (the warm-up steps and the first prediction step) run
+        their encoder and mid layer, which do not depend on the hidden state, as one call over all
+        their windows; the recurrence and the later steps run one by one. The predictions are those
+        of `rollout_stepwise` (tests/test_predictor.py), up to float rounding.
         """
-        if frames.dim() != 5 or frames.shape[2] != self.channels:
-            raise ValueError(f"VideoPredictor: frames must be (B, T, C={self.channels}, H, W); got {tuple(frames.shape)}")
+        self._check_rollout(frames, frames_out, truth, feed_truth)
+        B, L = frames.shape[0], self.buffer_len
+        layout = activation_format(frames.device)
+        # Ground-truth windows of the steps t = L-1 .. T_in-1, step-major: n = T_in - L + 1 of them.
+        windows = rearrange(frames.unfold(1, L, 1), "b n c h w l -> (n b) (l c) h w")  # (n*B, L*C, H, W)
+        encoded = self.encode(windows.to(memory_format=layout))  # (n*B, hidden, H/2, W/2)
+        hidden = None
+        for h in encoded.split(B):  # (B, hidden, H/2, W/2) per step, in step order
+            hidden = h + self.recur(hidden, h)
+        inputs = windows[-B:]  # (B, L*C, H, W): the window of the first prediction step
+        sequence = list(frames.unbind(1))  # ground truth now, fed-back frames appended as they come
+        predictions, filters_kept = [], []
+        for k in range(frames_out):
+            if k:  # later steps read the frames fed back
+                window = torch.stack(sequence[-L:], dim=1)  # (B, L, C, H, W)
+                inputs = rearrange(window, "b l c h w -> b (l c) h w")  # (B, L*C, H, W)
+                hidden = self.step(inputs.to(memory_format=layout), hidden)
+            prediction, filters = self.predict_frame(hidden, sequence[-1], inputs)
+            if feed_truth is None:
+                sequence.append(prediction)
+            else:  # (B, 1, 1, 1) mask: per sample, read the true frame instead of the prediction
+                sequence.append(torch.where(feed_truth[:, k, None, None, None], truth[:, k], prediction))
+            predictions.append(prediction)
+            if keep_filters:
+                filters_kept.append(filters)
+        out = torch.stack(predictions, dim=1)  # (B, frames_out, C, H, W)
+        return (out, filters_kept) if keep_filters else out
+
+    def rollout_stepwise(self, frames: torch.Tensor, frames_out: int, keep_filters: bool = False, *,
+                         truth: torch.Tensor | None = None, feed_truth: torch.Tensor | None = None):
+        """The reference rollout `forward` must equal: every step one by one, in the frames' own
+        layout, the recurrence run on h_0 = 0 too. Same arguments and results as `forward`; slower."""
+        self._check_rollout(frames, frames_out, truth, feed_truth)
         t_in = frames.shape[1]
-        if t_in < self.buffer_len:
-            raise ValueError(f"VideoPredictor: needs at least buffer_len={self.buffer_len} input frames, got {t_in}")
-        if (truth is None) != (feed_truth is None):
-            raise ValueError("VideoPredictor: scheduled sampling needs both `truth` and `feed_truth`")
-        if feed_truth is not None and (truth.shape[:2] != (frames.shape[0], frames_out)
-                                       or feed_truth.shape != (frames.shape[0], frames_out)):
-            raise ValueError(f"VideoPredictor: truth must be (B, frames_out={frames_out}, C, H, W) and feed_truth "
-                             f"(B, frames_out); got {tuple(truth.shape)} and {tuple(feed_truth.shape)}")
         sequence = list(frames.unbind(1))  # ground truth now, own predictions appended as they come
         predictions, filters_kept = [], []
         hidden = None
         for t in range(self.buffer_len - 1, t_in + frames_out - 1):
             window = torch.stack(sequence[t - self.buffer_len + 1 : t + 1], dim=1)  # (B, L, C, H, W)
             inputs = rearrange(window, "b l c h w -> b (l c) h w")  # (B, L*C, H, W)
-            hidden = self.step(inputs, hidden)
+            h = self.encode(inputs)
+            r = torch.zeros_like(h) if hidden is None else hidden
+            for conv in self.recurrence:
+                r = self.act(conv(r))
+            hidden = h + r
             if t < t_in - 1:
                 continue  # warm-up: only the hidden state matters; decoding would be thrown away
-            features = self.decode(hidden, frames.shape[-2:])
-            filters = self.generator(features)
-            prediction = self.generator.filtering(sequence[t], filters)  # filter the frame this step read
-            if self.refinement is not None:
-                prediction = self.refine(prediction, inputs)
+            prediction, filters = self.predict_frame(hidden, sequence[t], inputs)
             k = len(predictions)
             if feed_truth is None:
                 sequence.append(prediction)
-            else:  # (B, 1, 1, 1) mask: per sample, read the true frame instead of the prediction
+            else:
                 sequence.append(torch.where(feed_truth[:, k, None, None, None], truth[:, k], prediction))
             predictions.append(prediction)
             if keep_filters:

@@ -26,10 +26,10 @@ import yaml
 
 from dfn.charts import PALETTE, Series, line_chart
 from dfn.history import read_metrics
+from dfn.metrics import better, monitored_metric
 
-# Test metrics in the table, each with the direction that is better (REFERENCE §2 conventions, dfn.metrics).
-METRICS = {"bce_per_frame": "min", "bce_per_pixel": "min", "mse_per_frame": "min", "mse_per_pixel": "min",
-           "mae_per_frame": "min", "ssim": "max", "psnr": "max"}
+# Test metrics in the table (the conventions of dfn.metrics, docs/metrics.md); which way is better: dfn.metrics.
+METRICS = ("bce_per_frame", "bce_per_pixel", "mse_per_frame", "mse_per_pixel", "mae_per_frame", "ssim", "psnr")
 HORIZON_CHARTS = ("bce_per_frame", "mse_per_frame", "ssim", "psnr")
 FACTS = ("generator", "mode", "kernel_size", "parameters", "flops_per_step", "seconds_per_iteration", "global_step")
 MIME = {".gif": "image/gif", ".png": "image/png"}
@@ -46,7 +46,7 @@ class Run:
     horizon: dict = field(default_factory=dict)  # column -> values, "horizon" included
     images: list = field(default_factory=list)  # (caption, path)
     sequences: list = field(default_factory=list)  # rows of sequences_test.csv
-    loss: str = "bce"  # the training loss (model.loss), which ranks the worst sequences
+    loss: str = "bce"  # the training loss (model.init_args.loss), which ranks the worst sequences
 
     @property
     def name(self) -> str:
@@ -70,7 +70,8 @@ def load_run(directory: Path) -> Run:
         run.summary = json.loads((directory / "summary.json").read_text())
     if (directory / "config.yaml").is_file():
         run.config = (directory / "config.yaml").read_text()
-        run.loss = ((yaml.safe_load(run.config) or {}).get("model") or {}).get("loss", "bce")
+        model = (yaml.safe_load(run.config) or {}).get("model") or {}
+        run.loss = (model.get("init_args") or model).get("loss", "bce")  # subclass mode: under init_args
     run.curves = read_metrics(directory / "metrics.csv")
     if (directory / "sequences_test.csv").is_file():
         with open(directory / "sequences_test.csv", newline="") as f:
@@ -136,8 +137,8 @@ def metrics_table(runs: list[Run]) -> str:
     best = {}
     for j, m in enumerate(names):
         values = [row[2][j] for row in rows if row[2][j] is not None]
-        best[j] = (min if METRICS[m] == "min" else max)(values) if values else None
-    head = "".join(f"<th>{m} ({'↓' if METRICS[m] == 'min' else '↑'})</th>" for m in names)
+        best[j] = (min if better(m) == "min" else max)(values) if values else None
+    head = "".join(f"<th>{m} ({'↓' if better(m) == 'min' else '↑'})</th>" for m in names)
     body = []
     for label, kind, values in rows:
         cells = "".join(f"<td{' class=best' if v is not None and v == best[j] else ''}>{fmt(v)}</td>"
@@ -168,7 +169,7 @@ def curve_charts(runs: list[Run]) -> list[str]:
 
     val_reference = []
     for i, r in enumerate(runs):
-        monitored = f"{r.loss}_per_frame"  # what val/loss is (dfn.module: the loss's per-frame metric)
+        monitored = monitored_metric(r.loss)  # what val/loss is
         if f"val/copy_last/{monitored}" in r.curves:
             steps, values = r.curves[f"val/copy_last/{monitored}"]
             val_reference.append((r.name, Series("copy last frame", steps, values, PALETTE[i % len(PALETTE)], dashed=True)))
@@ -214,7 +215,7 @@ def horizon_charts(runs: list[Run]) -> list[str]:
 
 def worst_sequences(run: Run, page: Path, embed: bool, count: int = 5) -> str:
     """The `count` test sequences with the highest training-loss metric, with their GIFs where written."""
-    metric = f"{run.loss}_per_frame"
+    metric = monitored_metric(run.loss)
     if not run.sequences or metric not in run.sequences[0]:
         return ""
     worst = sorted(run.sequences, key=lambda row: float(row[metric]), reverse=True)[:count]

@@ -1,4 +1,4 @@
-"""Switches for a faster training step, as Lightning callbacks configured in YAML (issue 12).
+"""Switches for a faster training step, as Lightning callbacks configured in YAML (docs/gpu.md).
 
 All are off unless a config (or the command line) adds them, e.g.::
 
@@ -8,18 +8,22 @@ All are off unless a config (or the command line) adds them, e.g.::
         - class_path: dfn.speed.CompileStep
           init_args: {mode: reduce-overhead}
 
-* `CompileStep` wraps the per-step pieces of the rollout (`VideoPredictor.step`, `.decode`, the
-  generator's `forward`) with ``torch.compile``. The rollout is a Python loop of 19 steps with weights
+* `CompileStep` wraps the per-step pieces of the rollout (`VideoPredictor.encode` and `.recur`, `.decode`,
+  the generator's `forward`) with ``torch.compile``. The rollout is a Python loop of 19 steps with weights
   shared over time, so one step is the natural unit: it is compiled once and replayed 19 times.
   Bound methods are replaced by instance attributes, never the modules themselves, so the state dict,
   checkpoints and ``load_from_checkpoint`` are unchanged (tests/test_bench_train.py checks it).
-* `ChannelsLast` converts the weights to ``torch.channels_last``; convolutions then run NHWC.
+* `ChannelsLast` converts the weights to ``torch.channels_last``; convolutions then run NHWC. (On CPU the
+  predictor keeps its activations NHWC anyway: `dfn.predictor.activation_format`.)
+* `PrecisionAdvice` warns when a run asks for bfloat16 on a CPU that has no bfloat16 instructions
+  (`native_bf16`), where it is emulated and slower than float32 (docs/speed.md).
 
 ``python -m dfn.bench train`` measures both (``--compile``, ``--channels-last``) with the same functions.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import lightning as L
@@ -35,11 +39,13 @@ COMPILE_TARGETS: tuple[str, ...] = CompileTarget.__args__
 DEFAULT_TARGETS: tuple[str, ...] = ("step", "decode", "generator")
 
 
-def _method_owners(predictor: VideoPredictor) -> dict[str, tuple[nn.Module, str]]:
-    """Where each compile target lives: (module, method name). ``rollout`` is the whole 19-step forward
-    (one big graph, the loop unrolled); the others are the per-step pieces it calls."""
-    return {"step": (predictor, "step"), "decode": (predictor, "decode"),
-            "generator": (predictor.generator, "forward"), "rollout": (predictor, "forward")}
+def _method_owners(predictor: VideoPredictor) -> dict[str, list[tuple[nn.Module, str]]]:
+    """Where each compile target lives: (module, method name) pairs. ``step`` is the encoder + mid layer
+    (``encode``: one batched call over the ground-truth steps, then one per later step) and the
+    recurrence (``recur``); ``rollout`` is the whole 19-step forward (one big graph, the loop unrolled);
+    the others are the per-step pieces it calls."""
+    return {"step": [(predictor, "encode"), (predictor, "recur")], "decode": [(predictor, "decode")],
+            "generator": [(predictor.generator, "forward")], "rollout": [(predictor, "forward")]}
 
 
 def compile_predictor(predictor: VideoPredictor, targets: tuple[str, ...] | list[str] = DEFAULT_TARGETS,
@@ -55,21 +61,22 @@ def compile_predictor(predictor: VideoPredictor, targets: tuple[str, ...] | list
     check_compile_args(targets, mode, backend)
     owners = _method_owners(predictor)
     done = []
+    options = {} if backend != "inductor" else {"mode": mode}
     for target in targets:
-        module, name = owners[target]
-        if name in vars(module):  # an instance attribute shadows the class method: compiled already
-            continue
-        options = {} if backend != "inductor" else {"mode": mode}
-        setattr(module, name, torch.compile(getattr(module, name), dynamic=dynamic, fullgraph=fullgraph,
-                                            backend=backend, **options))
-        done.append(target)
+        methods = [(module, name) for module, name in owners[target] if name not in vars(module)]
+        for module, name in methods:  # an instance attribute shadows the class method: compiled already
+            setattr(module, name, torch.compile(getattr(module, name), dynamic=dynamic, fullgraph=fullgraph,
+                                                backend=backend, **options))
+        if methods:
+            done.append(target)
     return done
 
 
 def uncompile_predictor(predictor: VideoPredictor) -> None:
     """Undo `compile_predictor`: the class methods are used again."""
-    for module, name in _method_owners(predictor).values():
-        vars(module).pop(name, None)
+    for methods in _method_owners(predictor).values():
+        for module, name in methods:
+            vars(module).pop(name, None)
 
 
 def check_compile_args(targets, mode: str, backend) -> None:
@@ -94,7 +101,8 @@ class CompileStep(L.Callback):
     """``torch.compile`` the recurrent step of the model being trained (see the module docstring).
 
     Args:
-        targets: which methods to compile: ``step`` (encoder + recurrence), ``decode``, ``generator``
+        targets: which methods to compile: ``step`` (``encode``: encoder + mid layer, and ``recur``: the
+            recurrence), ``decode``, ``generator``
             (the filter generator's forward; the filtering op itself is not compiled), or ``rollout``
             alone (the whole unrolled forward, filtering included).
         mode: torch.compile's mode. ``reduce-overhead`` adds CUDA graphs (CUDA only; they pay when the
@@ -164,3 +172,33 @@ class ChannelsLast(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         to_channels_last(pl_module)
+
+
+def native_bf16() -> str | None:
+    """The CPU's bfloat16 instructions PyTorch can use ("AMX" or "AVX512-BF16"), or None: without them
+    bfloat16 arithmetic is emulated and slower than float32 (docs/speed.md)."""
+    if torch.cpu._is_amx_tile_supported():
+        return "AMX"
+    if torch.cpu._is_avx512_bf16_supported():
+        return "AVX512-BF16"
+    return None
+
+
+def precision_advice(precision: str, device_type: str) -> str | None:
+    """A one-line warning for bfloat16 on a CPU without bfloat16 instructions, else None."""
+    if device_type != "cpu" or not str(precision).startswith("bf16") or native_bf16() is not None:
+        return None
+    return (f"precision {precision} on a CPU without bfloat16 instructions (no AVX512-BF16 or AMX): bfloat16 is "
+            f"emulated here and slower than float32; add --trainer.precision=32-true (docs/speed.md)")
+
+
+class PrecisionAdvice(L.Callback):
+    """Warn at the start of a run whose bfloat16 precision this CPU would emulate (`precision_advice`).
+
+    The quickstart asks for ``bf16-mixed`` because on the CPUs it was measured on (AVX512-BF16) an
+    iteration is faster in it; the precision stays what the config or command line says."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        advice = precision_advice(trainer.precision, trainer.strategy.root_device.type)
+        if advice and trainer.is_global_zero:
+            warnings.warn(advice, stacklevel=1)

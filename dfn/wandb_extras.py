@@ -6,7 +6,8 @@
   per metric with the model and copy-last-frame in the same panel (``test_horizon_plot/<metric>``).
 - `SequenceTable`: one row per test sequence (index, BCE, MSE, SSIM, PSNR; the first and the worst rows with
   their ground truth | prediction | error GIF), wandb table ``test/per_sequence``: sort it to find the worst
-  cases. Also ``<run dir>/sequences_test.csv``. Under DDP it holds rank zero's shard (indices 0, w, 2w, ...).
+  cases. Also ``<run dir>/sequences_test.csv``. The scores are the test pass's own (`dfn.evaluation`), so
+  nothing is scored twice. Under DDP it holds rank zero's shard (indices 0, w, 2w, ...).
 - `ModelArtifacts`: the best and the last checkpoint as versions of the model artifact
   ``model-<run id>`` with aliases ``best`` and ``latest``; `load_model` loads one back.
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import heapq
 from pathlib import Path
 from typing import Literal
 
@@ -28,11 +28,11 @@ import wandb
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from dfn.callbacks import comparison_frames, run_dir, write_gif
-from dfn.metrics import NAMES, frame_scores
+from dfn.callbacks import comparison_frames, last_checkpoint_path, run_dir, write_gif
+from dfn.checks import check_choice, check_int
+from dfn.metrics import NAMES, better, monitored_metric
 from dfn.module import VideoPrediction
 
-HIGHER_IS_BETTER = ("ssim", "psnr")
 SEQUENCE_COLUMNS = ("bce_per_frame", "mse_per_frame", "ssim", "psnr")
 
 
@@ -43,10 +43,6 @@ def wandb_run(trainer: L.Trainer):
             run = logger.experiment
             return None if getattr(run, "disabled", False) else run  # WANDB_MODE=disabled: a no-op run
     return None
-
-
-def summary_kind(name: str) -> str:
-    return "max" if name.rsplit("/", 1)[-1] in HIGHER_IS_BETTER else "min"
 
 
 class WandbMetrics(L.Callback):
@@ -63,20 +59,18 @@ class WandbMetrics(L.Callback):
             for name in NAMES:
                 for split in ("val", "test", "test_final"):  # explicit names beat WandbLogger's "*" glob
                     run.define_metric(f"{split}/{who}{name}", step_metric="trainer/global_step",
-                                      summary=summary_kind(name))
+                                      summary=better(name))
                 for prefix in ("test", "test_final"):  # best checkpoint, final weights (dfn.cli after_fit)
                     run.define_metric(f"{prefix}_horizon/{who}{name}", step_metric="horizon", summary="none")
-        for split in ("val", "test"):
-            run.define_metric(f"{split}/loss", step_metric="trainer/global_step", summary="min")
+        for split in ("val", "test", "test_final"):
+            run.define_metric(f"{split}/loss", step_metric="trainer/global_step", summary=better("loss"))
 
     @rank_zero_only
     def on_test_end(self, trainer: L.Trainer, pl_module: VideoPrediction) -> None:
         run = wandb_run(trainer)
-        results = getattr(pl_module, "last_test_results", {})
-        prefix = getattr(pl_module, "test_prefix", "test")  # test | test_final (dfn.cli after_fit)
-        curves = {k.removesuffix("/horizon").removeprefix(f"{prefix}/"): v.tolist()
-                  for k, v in results.items() if k.endswith("/horizon")}
-        if run is None or not curves:
+        result = pl_module.test_result  # dfn.evaluation.EvalResult of this pass
+        prefix, curves = result.prefix, result.curves()  # prefix: test | test_final (dfn.cli after_fit)
+        if run is None:
             return
         horizons = list(range(1, len(next(iter(curves.values()))) + 1))
         for t, horizon in enumerate(horizons):
@@ -93,80 +87,73 @@ class SequenceTable(L.Callback):
     """Per-sequence test scores as a wandb table and ``<run dir>/sequences_test.csv`` (see module doc).
 
     GIFs (ground truth | prediction | error) for the first `videos` sequences and for the `videos` worst
-    ones by the training loss's metric, under ``<run dir>/gifs/test_sequences/``. The predictions are the
-    test step's own (a forward hook records them), so nothing is run twice; scoring each sequence again
-    costs about a fifth more test time on the quickstart network (``--sequence_table.enabled false``).
+    ones by the training loss's metric, under ``<run dir>/gifs/test_sequences/``. Scores and predictions
+    are the test step's own outputs (``test_step`` returns them): nothing is predicted or scored twice, and
+    the first and worst sequences are kept on the device (a top-k per batch, no host synchronisation) until
+    the test ends.
     """
 
     def __init__(self, enabled: bool = True, videos: int = 8, fps: float = 4.0) -> None:
-        if videos < 0:
-            raise ValueError(f"SequenceTable: videos must be >= 0, got {videos}")
+        check_int("SequenceTable", "videos", videos, minimum=0)
         self.enabled, self.videos, self.fps = enabled, videos, fps
-        self.rows: list[list] = []
-        self.worst: list[tuple[float, int, np.ndarray]] = []  # min-heap of (score, row, GIF frames)
-        self._last_output: torch.Tensor | None = None
-        self._hook = None
+        self.seen = 0  # sequences of this rank so far
+        self.first: list[tuple[torch.Tensor, ...]] = []  # (rows, inputs, targets, predictions) of the first ones
+        self.worst: tuple[torch.Tensor, ...] | None = None  # (scores, rows, inputs, targets, predictions)
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: VideoPrediction) -> None:
-        self.rows, self.worst = [], []
-        if self.enabled:
-            self._hook = pl_module.register_forward_hook(self._record)
-
-    def _record(self, module, args, output) -> None:
-        self._last_output = output
-
-    def _gif(self, trainer: L.Trainer, index: int, frames: np.ndarray) -> Path:
-        return write_gif(run_dir(trainer) / "gifs" / "test_sequences" / f"sequence_{index:05d}.gif", frames, self.fps)
+        self.seen, self.first, self.worst = 0, [], None
 
     @rank_zero_only
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        if not self.enabled:
+        if not self.enabled or not self.videos:
             return
         inputs, targets = pl_module.split(batch)
-        predictions = self._last_output
-        if predictions is None or predictions.shape != targets.shape:  # the step did not call forward
-            with torch.no_grad():
-                predictions = pl_module(inputs)
-        scores = frame_scores(predictions, targets)  # name -> (B, T)
-        ranked_by = "bce_per_frame" if pl_module.loss_name == "bce" else "mse_per_frame"
-        for i in range(len(batch)):
-            row = len(self.rows)
-            index = trainer.global_rank + row * trainer.world_size  # StridedShard order
-            frames = comparison_frames(inputs[i : i + 1], targets[i : i + 1], predictions[i : i + 1])
-            gif = self._gif(trainer, index, frames) if row < self.videos else None
-            self.rows.append([index, *(float(scores[n][i].mean()) for n in SEQUENCE_COLUMNS), gif])
-            score = float(scores[ranked_by][i].mean())
-            if self.videos and (len(self.worst) < self.videos or score > self.worst[0][0]):
-                entry = (score, row, frames)
-                heapq.heappush(self.worst, entry) if len(self.worst) < self.videos else heapq.heapreplace(self.worst, entry)
-        self._last_output = None
-
-    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: VideoPrediction) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
+        predictions = outputs["predictions"].detach()
+        rows = torch.arange(self.seen, self.seen + len(batch), device=batch.device)  # (B,) this rank's order
+        self.seen += len(batch)
+        kept = sum(len(r) for r, *_ in self.first)
+        if kept < self.videos:
+            n = self.videos - kept
+            self.first.append((rows[:n], inputs[:n], targets[:n], predictions[:n]))
+        ranked = outputs["scores"][monitored_metric(pl_module.loss_name)]  # (B,): the training loss's metric
+        candidates = (ranked, rows, inputs, targets, predictions)
+        if self.worst is not None:
+            candidates = tuple(torch.cat([a, b]) for a, b in zip(self.worst, candidates))
+        top = candidates[0].topk(min(self.videos, len(candidates[0]))).indices  # the worst: highest loss
+        self.worst = tuple(c[top] for c in candidates)
 
     @rank_zero_only
     def on_test_end(self, trainer: L.Trainer, pl_module: VideoPrediction) -> None:
-        if not self.rows:
+        table = pl_module.test_result.per_sequence  # this rank's sequences, in order (dfn.evaluation)
+        if not self.enabled or not table:
             return
-        for _, row, frames in self.worst:
-            if self.rows[row][-1] is None:
-                self.rows[row][-1] = self._gif(trainer, self.rows[row][0], frames)
-        self.worst = []
+        gifs: dict[int, Path] = {}
+        shown = [*self.first, self.worst[1:]] if self.worst is not None else self.first
+        if shown:  # one device -> host copy of the kept sequences
+            rows, inputs, targets, predictions = (torch.cat(parts).cpu() for parts in zip(*shown))
+            for i, row in enumerate(rows.tolist()):
+                if row not in gifs:
+                    frames = comparison_frames(inputs[i : i + 1], targets[i : i + 1], predictions[i : i + 1])
+                    gifs[row] = self._gif(trainer, trainer.global_rank + row * trainer.world_size, frames)  # StridedShard order
+        self.first, self.worst = [], None
         path = run_dir(trainer) / "sequences_test.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
+        rows = [[trainer.global_rank + row * trainer.world_size, *(table[name][row] for name in SEQUENCE_COLUMNS),
+                 gifs.get(row)] for row in range(len(table[SEQUENCE_COLUMNS[0]]))]
         with open(path, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["sequence", *SEQUENCE_COLUMNS, "gif"])
             writer.writerows([*row[:-1], row[-1].relative_to(path.parent).as_posix() if row[-1] else ""]
-                             for row in self.rows)
+                             for row in rows)
         run = wandb_run(trainer)
         if run is not None:
-            table = wandb.Table(columns=["sequence", *SEQUENCE_COLUMNS, "ground truth | prediction | error"])
-            for *values, gif in self.rows:
-                table.add_data(*values, wandb.Video(str(gif), fps=int(self.fps), format="gif") if gif else None)
-            run.log({"test/per_sequence": table})
+            wandb_table = wandb.Table(columns=["sequence", *SEQUENCE_COLUMNS, "ground truth | prediction | error"])
+            for *values, gif in rows:
+                wandb_table.add_data(*values, wandb.Video(str(gif), fps=int(self.fps), format="gif") if gif else None)
+            run.log({"test/per_sequence": wandb_table})
+
+    def _gif(self, trainer: L.Trainer, index: int, frames: np.ndarray) -> Path:
+        return write_gif(run_dir(trainer) / "gifs" / "test_sequences" / f"sequence_{index:05d}.gif", frames, self.fps)
 
 
 class ModelArtifacts(L.Callback):
@@ -175,8 +162,7 @@ class ModelArtifacts(L.Callback):
     checkpoints on disk only), ``always`` (offline too: uploaded by ``wandb sync``) or ``never``."""
 
     def __init__(self, log_model: Literal["online", "always", "never"] = "online") -> None:
-        if log_model not in ("online", "always", "never"):
-            raise ValueError(f"ModelArtifacts: log_model must be 'online', 'always' or 'never', got {log_model!r}")
+        check_choice("ModelArtifacts", "log_model", log_model, ("online", "always", "never"))
         self.log_model = log_model
         self.logged: list[tuple[str, list[str]]] = []
 
@@ -185,7 +171,9 @@ class ModelArtifacts(L.Callback):
         run, checkpoint = wandb_run(trainer), trainer.checkpoint_callback
         if run is None or checkpoint is None or self.log_model == "never" or (self.log_model == "online" and run.offline):
             return
-        best, last = getattr(checkpoint, "best_model_path", ""), getattr(checkpoint, "last_model_path", "")
+        # last.ckpt: ModelCheckpoint's, or RunGuard's refresh of it when ModelCheckpoint wrote none
+        best = getattr(checkpoint, "best_model_path", "")
+        last = getattr(checkpoint, "last_model_path", "") or str(last_checkpoint_path(trainer))
         score = getattr(checkpoint, "best_model_score", None)
         for path, aliases in ((best, ["best"]), (last, ["latest"])):
             if not path or not Path(path).is_file():

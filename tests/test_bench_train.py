@@ -1,4 +1,4 @@
-"""The fast-training switches (dfn.speed) and ``python -m dfn.bench train`` (issue 12), on CPU."""
+"""The fast-training switches (dfn.speed) and ``python -m dfn.bench train``, on CPU."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import torch
 from lightning.pytorch.plugins.precision import Precision
 
 from conftest import ROOT, TINY
-from dfn.bench.train import add_arguments, count_flops, run
+from dfn.bench.regions import FORWARD_PARTS, REGIONS, RegionTimer
+from dfn.bench.train import add_arguments, count_flops, format_text, run
 from dfn.generators import DFN
 from dfn.module import VideoPrediction
 from dfn.speed import CompileStep, compile_predictor, uncompile_predictor
@@ -45,13 +46,14 @@ def test_flop_count_matches_a_hand_count_of_a_tiny_predictor():
         + conv(B, 2 * e, hid, 3, h, h)  # stride-2 conv, two more encoder convs, mid layer (inputs need grad)
     first, recurrence = conv(B, 1, e, 3, S, S), conv(B, hid, hid, 3, h, h)
     step_fwd = first + encoder_rest + 2 * recurrence
+    # On h_0 = 0 (t = 0) the first recurrence conv is not run: its output is its bias (VideoPredictor.recur).
     # Backward: weight grads everywhere; input grads except the first conv on ground-truth frames
-    # (t = 0, 1) and the first recurrence conv on h_0 = 0 (t = 0).
-    step_bwd = 3 * (2 * encoder_rest + 2 * recurrence + first + recurrence) + first + 2 * recurrence
+    # (t = 0, 1) and the skipped conv.
+    step_bwd = 3 * (2 * encoder_rest + 2 * recurrence + first + recurrence) + first + 2 * recurrence - recurrence
     decode = conv(B, hid, d, 3, h, h) + conv(B, d, d, 3, h, h) + 2 * conv(B, d, d, 3, S, S) \
         + conv(B, d, f, 1, S, S) + conv(B, f, K * K, 1, S, S)  # low, high, 1x1 features, DFN head
     filtering = 2 * K * K * B * S * S  # one channel
-    expected_counted = 3 * step_fwd + step_bwd + 2 * 3 * decode
+    expected_counted = 3 * step_fwd - recurrence + step_bwd + 2 * 3 * decode
     # First filtering reads a ground-truth frame (filters need grad only), the second its prediction.
     expected_by_hand = filtering * 2 + filtering * 3
     batch = torch.rand(B, 4, 1, S, S)
@@ -77,6 +79,42 @@ def test_bench_train_cli_prints_positive_figures(tmp_path):
     assert r["flops_per_second"] == pytest.approx(r["flops_per_iteration"] / r["seconds_per_iteration"])
     assert r["fraction_of_matmul_peak"] == pytest.approx(r["flops_per_second"] / r["matmul_flops_per_second"])
     assert r["weights_finite"]
+    # Where an iteration goes (three more iterations with region timers), wall and CPU time.
+    for what in ("wall", "cpu"):
+        assert list(r["breakdown"][what]) == list(REGIONS)
+        assert all(seconds >= 0 for seconds in r["breakdown"][what].values())
+        assert r["breakdown"][what]["backward"] > 0 and r["breakdown"][what]["generator + filtering"] > 0
+    assert 0 < r["cpu_seconds_per_iteration"]
+    assert "where an iteration goes" in format_text(r)
+
+
+def test_region_timer_times_the_parts_and_leaves_the_model_as_it_was():
+    """A forward with region timers: each part's method was timed; afterwards the class methods are back."""
+    predictor = VideoPrediction(DFN(kernel_size=3), frames_in=2, frames_out=2, encoder_width=2, hidden=4,
+                                decoder_width=4, features=4, image_size=8).predictor
+    frames = torch.rand(2, 2, 1, 8, 8)
+    expected = predictor(frames, 2)
+    with RegionTimer(predictor, torch.device("cpu")) as timer:
+        with timer.region("forward"):
+            torch.testing.assert_close(predictor(frames, 2), expected)
+    seconds = timer.per_iteration(1)
+    assert all(seconds[name] > 0 for name in FORWARD_PARTS)
+    assert seconds["loss"] == seconds["backward"] == 0
+    assert sum(seconds[name] for name in (*FORWARD_PARTS, "rest of forward")) == pytest.approx(timer.seconds["forward"])
+    for owner, name in ((predictor, "encode"), (predictor, "recur"), (predictor.generator, "forward"),
+                        (predictor.generator.filtering, "forward")):
+        assert name not in vars(owner)
+
+
+def test_precision_advice_only_for_emulated_bf16(monkeypatch):
+    import dfn.speed as speed
+
+    monkeypatch.setattr(speed, "native_bf16", lambda: None)
+    assert "--trainer.precision=32-true" in speed.precision_advice("bf16-mixed", "cpu")
+    assert speed.precision_advice("32-true", "cpu") is None
+    assert speed.precision_advice("bf16-mixed", "cuda") is None
+    monkeypatch.setattr(speed, "native_bf16", lambda: "AVX512-BF16")
+    assert speed.precision_advice("bf16-mixed", "cpu") is None
 
 
 def test_bench_train_rejects_a_missing_config(tmp_path):
@@ -93,7 +131,8 @@ def test_bf16_mixed_tracks_float32_on_the_quickstart_model():
     step, and every weight finite. The same seed gives both runs the same weights and batches. At the paper's
     lr 1e-3: the trajectories drift apart with the step size (at the quickstart's 2e-3, 1.7% by step 5)."""
     common = ["--config", QUICKSTART, "--device", "cpu", "--steps", "3", "--warmup", "2", "--batches", "2",
-              "--matmul-size", "256", "--override=--data.init_args.batch_size=4", "--override=--model.lr=1e-3"]
+              "--matmul-size", "256", "--override=--data.init_args.batch_size=4", "--override=--model.lr=1e-3",
+              "--breakdown-steps", "0"]
     fp32 = run(bench_args(*common, "--precision", "32-true"))
     bf16 = run(bench_args(*common, "--precision", "bf16-mixed"))
     assert bf16["precision"] == "bf16-mixed" and bf16["matmul_dtype"] == "bfloat16"
@@ -126,7 +165,7 @@ def test_compiled_methods_leave_the_state_dict_and_outputs_unchanged():
     assert len(graphs) >= 3  # the compiled callables really ran
     assert list(model.state_dict()) == keys
     uncompile_predictor(model.predictor)
-    assert "step" not in vars(model.predictor)
+    assert "encode" not in vars(model.predictor) and "recur" not in vars(model.predictor)
 
 
 def test_compile_step_callback_trains_and_checkpoints_through_the_cli(tmp_path, monkeypatch):
@@ -149,9 +188,9 @@ def test_compile_step_callback_trains_and_checkpoints_through_the_cli(tmp_path, 
     assert callback.compiled == ["step", "decode", "generator"]
     assert graphs, "the compiled methods never ran"
     best = cli.trainer.checkpoint_callback.best_model_path  # after fit, the CLI tested this checkpoint
-    assert best and "step" in vars(cli.model.predictor)
+    assert best and "encode" in vars(cli.model.predictor) and "recur" in vars(cli.model.predictor)
     loaded = VideoPrediction.load_from_checkpoint(best, map_location="cpu")
-    assert "step" not in vars(loaded.predictor)
+    assert "encode" not in vars(loaded.predictor)
     trained = cli.model.state_dict()
     assert list(loaded.state_dict()) == list(trained)
     for name, value in loaded.state_dict().items():

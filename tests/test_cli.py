@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import imageio.v3 as iio
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -166,8 +167,75 @@ def test_predict_writes_gifs_and_frames(trained, tmp_path):
     proc = run_train(["predict", *TINY, "--ckpt_path", checkpoint, "--prediction_files.output_dir", str(out)], tmp_path)
     frames = np.load(only(sorted(out.glob("*.npy"))))
     assert frames.shape == (4, 2, 1, 32, 32) and frames.min() >= 0 and frames.max() <= 1
+    # The checkpoint's own predictions of the predict clips (the first 4 test sequences), recomputed here.
+    data = MovingMNIST(image_size=32, frames_in=3, frames_out=2, test_size=10, predict_size=4, seed=0)
+    data.setup("predict")
+    clips = torch.stack([data.predict_set[i] for i in range(len(data.predict_set))])  # (4, 5, 1, 32, 32)
+    model = VideoPrediction.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    with torch.no_grad():
+        expected = model(clips[:, :3]).numpy()
+    np.testing.assert_allclose(frames, expected, rtol=0, atol=1e-5)
+    assert np.abs(frames - clips[:, 3:].numpy()).max() > 0.1  # the predictions, not the targets
     assert len(list(out.glob("*.gif"))) == 1
     assert "prediction GIFs" in proc.stdout
+
+
+def test_fast_dev_run_and_a_run_without_logger_keep_the_current_directory_clean(tmp_path):
+    """A smoke test writes nowhere the user sees (a temporary run directory); a run without a logger writes
+    into its own run directory, runs/dfn/local-*; neither into the current directory."""
+    smoke = tmp_path / "smoke"
+    proc = run_train(["fit", *TINY, "--trainer.fast_dev_run=true"], smoke)
+    assert "fast_dev_run" in proc.stdout + proc.stderr
+    assert sorted(p.name for p in smoke.iterdir()) == []
+    quiet = tmp_path / "quiet"
+    run_train(["fit", *TINY, "--trainer.logger", "false", "--trainer.max_epochs", "1"], quiet)
+    assert sorted(p.name for p in quiet.iterdir()) == ["runs"]
+    run = only(sorted((quiet / "runs" / "dfn").iterdir()))
+    assert run.name.startswith("local-") and sorted(p.name for p in (quiet / "runs").iterdir()) == ["dfn"]
+    assert {"config.yaml", "checkpoints", "gifs", "metrics.csv", "summary.json"} <= {p.name for p in run.iterdir()}
+    assert json.loads((run / "summary.json").read_text())["run_dir"] == str(run)
+
+
+class StepLosses(L.Callback):
+    """The training loss of every step, as the trainer returned it."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.values.append(float(outputs["loss"]))
+
+
+# Measured on the 2-core AMD EPYC: first step 3.6e-7 (the same weights; only autocast differs), then at
+# most 1.8e-4 relative over 8 steps; bf16-true, or BCE in bfloat16, differ by 4e-4 at the first step.
+FIRST_STEP_TOLERANCE, BF16_TOLERANCE = 1e-5, 1e-3
+
+
+def test_bf16_mixed_tracks_float32_with_the_quickstarts_settings(monkeypatch, tmp_path):
+    """The quickstart as it ships (bf16-mixed, lr 2e-3, gradient norm clipped at 0.1), batch 4, 6 steps of
+    the real fit, against the same run in 32-true: the same first loss and losses within 0.1% after."""
+    from dfn.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    losses = {}
+    for precision in ("bf16-mixed", "32-true"):
+        override = [] if precision == "bf16-mixed" else ["--trainer.precision", precision]
+        cli = main(["--config", str(ROOT / "experiments" / "quickstart.yaml"), *override, "--trainer.logger", "false",
+                    "--trainer.max_steps", "6", "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar",
+                    "false", "--data.init_args.batch_size", "4"], run=False)
+        assert (cli.trainer.precision, cli.trainer.gradient_clip_val, cli.model.hparams.lr) == (precision, 0.1, 2e-3)
+        recorder = StepLosses()
+        cli.trainer.callbacks.append(recorder)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        losses[precision] = recorder.values
+    bf16, fp32 = losses["bf16-mixed"], losses["32-true"]
+    assert len(bf16) == len(fp32) == 6
+    assert bf16[0] == pytest.approx(fp32[0], rel=FIRST_STEP_TOLERANCE)
+    for a, b in zip(fp32[1:], bf16[1:]):
+        assert b == pytest.approx(a, rel=BF16_TOLERANCE)
+    assert bf16 != fp32  # bf16 really was used
 
 
 def test_two_processes_give_the_same_test_metrics_as_one(trained, tmp_path):

@@ -108,7 +108,7 @@ def _tiny_mnist(**kw):
     frames_in=2, frames_out=1, image_size=32, batch_size=kw.get("batch_size", 4), train_batches_per_epoch=5,
     val_size=4, test_size=4, num_workers=kw.get("num_workers", 0))])
 def test_training_stream_same_for_any_workers_and_devices(make):
-    """Issue 10: the global batch sequence does not depend on num_workers or on the number of devices
+    """The global batch sequence does not depend on num_workers or on the number of devices
     (at the same global batch size)."""
     reference = list(make().train_dataloader())
     assert len(reference) == 5 and len({float(b.sum()) for b in reference}) == 5

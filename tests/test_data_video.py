@@ -114,7 +114,7 @@ def test_bad_paths_and_arguments(tmp_path):
 
 
 def test_every_bad_file_named_in_one_error_or_skipped(tmp_path):
-    """Issue 10: all unreadable, corrupt and too-short files in one message at setup, not one per run."""
+    """All unreadable, corrupt and too-short files in one message at setup, not one per run."""
     for k in range(3):
         write_mp4(tmp_path / f"good{k}.mp4", frames=12)
     (tmp_path / "garbage.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
@@ -143,7 +143,7 @@ def test_empty_validation_or_test_split_is_an_error(tmp_path):
             VideoFolder(str(path), frames_in=2, frames_out=2, **fractions).setup("fit")
 
 
-# --- frame geometry: keep_aspect (issue 9) ---------------------------------------------------------
+# --- frame geometry: keep_aspect --------------------------------------------------------------------
 
 def write_ramp_mp4(path, frames=20, h=48, w=64):
     """A gray horizontal ramp 0 -> 255 across the full width: which columns survive shows the crop."""
@@ -153,7 +153,7 @@ def write_ramp_mp4(path, frames=20, h=48, w=64):
 
 
 def test_aspect_size_hand_values():
-    from dfn.data.video import aspect_size
+    from dfn.data.decoding import aspect_size
     assert aspect_size(144, 176, 72) == (72, 88)      # carphone QCIF at half size: exact
     assert aspect_size(272, 640, 72) == (72, 168)     # 169.4 -> 169 -> multiple of 4: 168
     assert aspect_size(720, 1280, 64) == (64, 112)    # 113.8 -> 114 -> 112
@@ -179,7 +179,7 @@ def test_keep_aspect_keeps_the_whole_width(tmp_path):
 
 
 def test_square_default_unchanged_and_tuple_size_matches_independent_resize():
-    from dfn.data.video import frames_to_tensor
+    from dfn.data.decoding import frames_to_tensor
     import torch.nn.functional as F
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (2, 48, 64), dtype=np.uint8)
@@ -218,7 +218,7 @@ def test_real_video_config_trains_and_writes_gifs_at_the_clips_aspect(tmp_path):
     from conftest import ROOT, run_train
     from dfn.generators import DFN
     if not {"padding_mode", "identity_init"} <= set(inspect.signature(DFN).parameters):
-        pytest.skip("experiments/real_video needs DFN(padding_mode=..., identity_init=...) (issue 9, generators)")
+        pytest.skip("experiments/real_video needs DFN(padding_mode=..., identity_init=...)")
     video = write_mp4(tmp_path / "clip.mp4", frames=70, h=48, w=64)
     run_train(["fit", "--config", str(ROOT / "experiments" / "real_video" / "dfn.yaml"),
                "--data.init_args.path", str(video), "--data.init_args.image_size", "16",

@@ -270,13 +270,13 @@ def test_gradients_reach_every_generator_parameter(name, channels):
 
 @pytest.mark.parametrize("make, message", [
     (lambda: CondConv(experts=0), "CondConv: experts must be an integer >= 1, got 0"),
-    (lambda: CondConv(mode="global"), "CondConv: mode must be one of 'local', 'conv'; got 'global'"),
+    (lambda: CondConv(mode="global"), "CondConv: mode must be one of 'local', 'conv', got 'global'"),
     (lambda: DynamicConv(kernels=0), "DynamicConv: kernels must be an integer >= 1"),
     (lambda: DynamicConv(temperature=0.0), "DynamicConv: temperature must be a number > 0"),
     (lambda: DyNet(degree=-1), "DyNet: degree must be an integer >= 0"),
     (lambda: DyNet(bank="polynomial", degree=0, identity_init=False), "leaves no basis"),  # softmax drops a constant
     (lambda: DyNet(bank="polynomial", degree=1), "identity_init with the polynomial bank needs degree >= 2"),
-    (lambda: DyNet(bank="fixed"), "DyNet: bank must be one of 'learned', 'polynomial'; got 'fixed'"),
+    (lambda: DyNet(bank="fixed"), "DyNet: bank must be one of 'learned', 'polynomial', got 'fixed'"),
     (lambda: DyNet(kernels=0), "DyNet: kernels must be an integer >= 1"),
     (lambda: DyNet(kernel_size=1, bank="polynomial", degree=1, softmax=False, identity_init=False),
      "degree 1 gives 3 bases, more than the 1 values"),
@@ -359,7 +359,7 @@ def _attention_to_bank_gradient(generator: DynamicConv) -> float:
 
 
 def test_dynamicconv_default_start_trains_its_attention():
-    # Issue 8's comparison found per-sample and per-pixel DynamicConv scoring the same: with every kernel
+    # The highway comparison (docs/highway.md) found per-sample and per-pixel DynamicConv scoring the same: with every kernel
     # at the centre filter (identity start) the attention's gradient, relative to the bank's, is ~50x
     # smaller than from random kernels (measured here 0.006 vs 0.31), so π never leaves uniform. The default
     # is the paper's random bank; the identity start stays an option with this caveat.
@@ -441,7 +441,7 @@ def test_anneal_fraction_finishes_inside_any_budget(budget, tmp_path):
     assert seen == [30.0, 15.5, 1.0, 1.0]
 
 
-# --- Border handling through the generators (issue 9) -------------------------------------------------
+# --- Border handling through the generators ---------------------------------------------------------
 
 NORMALISED = [  # generators whose filters are convex combinations (softmax / softmax-attention)
     (DFN, dict(kernel_size=5, mode="local")), (DFN, dict(kernel_size=5, mode="conv")),
@@ -455,7 +455,7 @@ NORMALISED = [  # generators whose filters are convex combinations (softmax / so
 @pytest.mark.parametrize("padding_mode", ["replicate", "reflect"])
 def test_constant_frame_stays_constant_with_border_padding(cls, kwargs, padding_mode):
     """A normalised filter of a constant frame is that constant — at the border too, unless the border
-    reads zeros (which is what darkened natural-video predictions before issue 9)."""
+    reads zeros (which is what darkened natural-video predictions before replicate borders)."""
     torch.manual_seed(0)
     generator = cls(padding_mode=padding_mode, **kwargs)
     generator.build(8, 2)

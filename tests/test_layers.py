@@ -45,7 +45,7 @@ def test_softmax_keeps_constant_image_constant_in_interior(per_channel):
 @pytest.mark.parametrize("cls", LAYERS)
 @pytest.mark.parametrize("mode", ["replicate", "reflect"])
 def test_border_padding_keeps_constant_image_constant_everywhere(cls, mode):
-    # Issue 9: with replicate/reflect every tap reads the frame, so a softmax-normalised filter
+    # With replicate/reflect every tap reads the frame, so a softmax-normalised filter
     # maps a constant frame to itself up to and including the border (zeros only in the interior).
     torch.manual_seed(4)
     layer = cls(5, dilation=2, padding_mode=mode)
@@ -143,3 +143,33 @@ def test_bad_filter_shapes(cls, bad):
     with pytest.raises(ValueError) as err:
         cls()(torch.rand(2, 1, 6, 6), torch.randn(bad))
     assert str(tuple(bad)) in str(err.value)
+
+
+@pytest.mark.parametrize("dynamic_bias", [False, True])
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("taps_last", [False, True])
+def test_local_filtering_layer_by_hand_in_both_filter_layouts(taps_last, per_channel, dynamic_bias):
+    """The layer = softmax over the first K*K channels, bias channel added to the frame, then the unfold
+    reference, written out here by hand; values and gradients, for filters laid out NCHW or with the
+    K*K[+1] axis fastest (an NHWC conv's output, what the predictor hands over on CPU)."""
+    torch.manual_seed(3)
+    K, C = 3, 2
+    layer = DynamicLocalFiltering(K, dynamic_bias=dynamic_bias)
+    frame = torch.rand(2, C, 6, 5, dtype=torch.float64, requires_grad=True)
+    shape = (2, C, layer.filter_channels, 6, 5) if per_channel else (2, layer.filter_channels, 6, 5)
+    filters = torch.randn(shape, dtype=torch.float64)
+    axis = filters.dim() - 3
+    if taps_last:
+        filters = filters.movedim(axis, -1).contiguous().movedim(-1, axis)
+    filters.requires_grad_()
+    out = layer(frame, filters)
+    weights = torch.softmax(filters.narrow(axis, 0, K * K), axis)
+    shifted = frame
+    if dynamic_bias:
+        bias = filters.select(axis, K * K)
+        shifted = frame + (bias.unsqueeze(1) if axis == 1 else bias)
+    expected = local_filter_reference(shifted, weights)
+    torch.testing.assert_close(out, expected)
+    g = torch.randn(out.shape, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad(out, (frame, filters), g), torch.autograd.grad(expected, (frame, filters), g)):
+        torch.testing.assert_close(a, b)

@@ -8,7 +8,7 @@ import torch
 from skimage.metrics import structural_similarity
 from skimage.util.dtype import dtype_range
 
-from dfn.metrics import OPENSTL_SSIM_RANGE, FrameMetrics, frame_scores, ssim_uniform
+from dfn.metrics import NAMES, OPENSTL_SSIM_RANGE, FrameMetrics, frame_scores, ssim_uniform
 
 
 def test_per_frame_sums_by_hand():
@@ -125,3 +125,59 @@ def test_an_empty_evaluation_set_raises_instead_of_scoring_zero():
     metric = FrameMetrics(frames_out=2)
     with pytest.raises(ValueError, match="no sequences"):
         metric.compute()
+
+
+def test_which_way_is_better_and_what_loss_monitors_are_defined_once():
+    from dfn.metrics import BETTER, better, monitored_metric
+
+    assert {name for name in NAMES if better(name) == "max"} == {"ssim", "ssim_openstl", "psnr"}
+    assert better("test/copy_last/ssim_openstl") == "max" and better("val/loss") == "min" and set(BETTER) > set(NAMES)
+    assert (monitored_metric("bce"), monitored_metric("mse")) == ("bce_per_frame", "mse_per_frame")
+    with pytest.raises(ValueError, match="not one of the metrics"):
+        better("test/sequences")
+    with pytest.raises(ValueError, match="loss must be one of 'bce', 'mse', got 'l1'"):
+        monitored_metric("l1")
+
+
+def evaluation_pass(evaluation, stage: str, clips: torch.Tensor, complete: bool = True):
+    """Score `clips` (N, 4, C, H, W: 2 input frames, 2 targets) in batches of 3 with a fixed 'model' (the
+    mean of the two inputs), as validation_step / test_step do."""
+    for batch in clips.split(3):
+        inputs, targets = batch[:, :2], batch[:, 2:]
+        evaluation.update(stage, inputs, targets, inputs.mean(1, keepdim=True).expand_as(targets))
+    return evaluation.result(stage, stage, "bce_per_frame", complete=complete)
+
+
+def test_copy_last_is_scored_once_per_fixed_set_and_a_changed_set_is_refused():
+    from dfn.evaluation import Evaluation
+
+    clips = torch.rand(7, 4, 1, 12, 12, generator=torch.Generator().manual_seed(0))
+    evaluation = Evaluation(frames_out=2, eps=1e-7)
+    scored = []
+    update = evaluation.copy_last["val"].update
+    evaluation.copy_last["val"].update = lambda *args: (scored.append(len(args[0])), update(*args))
+    sanity = evaluation_pass(evaluation, "val", clips[:3], complete=False)  # Lightning's sanity check: not kept
+    first, second = evaluation_pass(evaluation, "val", clips), evaluation_pass(evaluation, "val", clips)
+    assert scored == [3, 3, 3, 1]  # the sanity pass and the first full pass only
+    reference = FrameMetrics(2)
+    reference.update(clips[:, 1:2].expand(-1, 2, -1, -1, -1), clips[:, 2:])  # copy-last, scored from scratch
+    expected = reference.compute()
+    for result in (first, second):
+        assert result.copy_last == pytest.approx({n: float(expected[n]) for n in NAMES}, rel=1e-12)
+        assert result.sequences == 7 and result.logged()["val/loss"] == result.metrics["bce_per_frame"]
+    assert second == first and sanity.sequences == 3
+    with pytest.raises(RuntimeError, match="the val set changed between passes"):
+        evaluation_pass(evaluation, "val", torch.cat([clips[:6], clips[:1]]))  # one sequence replaced
+
+
+def test_a_test_pass_returns_every_sequences_own_scores():
+    from dfn.evaluation import Evaluation
+
+    clips = torch.rand(5, 4, 1, 12, 12, generator=torch.Generator().manual_seed(1))
+    result = evaluation_pass(Evaluation(frames_out=2, eps=1e-7), "test", clips)
+    predictions = clips[:, :2].mean(1, keepdim=True).expand(-1, 2, -1, -1, -1)
+    by_hand = frame_scores(predictions, clips[:, 2:])  # name -> (5, 2)
+    for name in NAMES:
+        assert result.per_sequence[name] == pytest.approx(by_hand[name].mean(1).tolist(), rel=1e-12), name
+        assert np.mean(result.per_sequence[name]) == pytest.approx(result.metrics[name], rel=1e-9), name
+        assert result.horizon[name] == pytest.approx(by_hand[name].mean(0).tolist(), rel=1e-12), name

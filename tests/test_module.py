@@ -60,8 +60,8 @@ def test_val_loss_is_the_training_loss_per_frame(loss, generator, module):
     ("lr", 0.0, "> 0"), ("lr", -1e-3, "> 0"),
     ("lr_decay", 0.0, "(0, 1]"), ("lr_decay", 1.5, "(0, 1]"),
     ("buffer_len", 3, "<= frames_in (2)"),
-    ("lr_schedule", "cosine", "'step' or 'onecycle'"), ("warmup_fraction", 0.0, "(0, 1)"),
-    ("warmup_fraction", 1.0, "(0, 1)"), ("lr_decay_unit", "iteration", "'epoch' or 'step'"),
+    ("lr_schedule", "cosine", "one of 'step', 'onecycle'"), ("warmup_fraction", 0.0, "(0, 1)"),
+    ("warmup_fraction", 1.0, "(0, 1)"), ("lr_decay_unit", "iteration", "one of 'epoch', 'step'"),
     ("scheduled_sampling", 1.5, "[0, 1]"), ("scheduled_sampling", -0.1, "[0, 1]"),
 ])
 def test_bad_training_settings_fail_at_construction(name, value, allowed):
@@ -132,19 +132,23 @@ def test_edge_values_are_accepted():
     assert model.hparams.lr_decay == 1.0
 
 
-def test_test_metrics_are_logged_under_the_test_prefix():
+def test_test_metrics_are_logged_under_the_prefix_given_to_run_test():
     torch.manual_seed(0)
     model = VideoPrediction(DFN(kernel_size=3), **SMALL)
     loader = DataLoader(clips(), batch_size=4)
-    best = trainer().test(model, dataloaders=loader, verbose=False)[0]
-    model.test_prefix = "test_final"
-    final = trainer().test(model, dataloaders=loader, verbose=False)[0]
+    best_trainer, final_trainer = trainer(), trainer()
+    best_result = model.run_test(best_trainer, dataloaders=loader)
+    final_result = model.run_test(final_trainer, dataloaders=loader, prefix="test_final")
+    best, final = best_trainer.callback_metrics, final_trainer.callback_metrics
     assert not any(k.startswith("test/") for k in final) and not any(k.startswith("test_final/") for k in best)
-    # The same weights and data under two names: the same numbers.
+    # The same weights and data under two names: the same numbers, logged and returned.
     for key in ("bce_per_frame", "mse_per_frame", "ssim", "ssim_openstl", "copy_last/bce_per_frame", "loss"):
         assert final[f"test_final/{key}"] == best[f"test/{key}"], key
-    assert set(model.last_test_results) >= {"test_final/bce_per_frame/horizon", "test_final/sequences"}
-    assert model.last_test_results["test_final/sequences"].item() == 6
+    assert (best_result.prefix, final_result.prefix) == ("test", "test_final")
+    assert final_result.metrics == best_result.metrics and final_result.sequences == 6
+    assert final_result.summary()["test_final/loss"] == final_result.metrics["bce_per_frame"]  # the monitored metric
+    assert len(final_result.summary()["test_final/bce_per_frame/horizon"]) == SMALL["frames_out"]
+    assert model.run_test(trainer(), dataloaders=loader).prefix == "test"  # the prefix lasts one pass
 
 
 def test_an_empty_validation_split_is_an_error_saying_how_to_fix_it(tmp_path):
@@ -156,4 +160,35 @@ def test_an_empty_validation_split_is_an_error_saying_how_to_fix_it(tmp_path):
     data = VideoFolder(str(video), frames_in=2, frames_out=2, image_size=16, batch_size=2,
                        val_fraction=0.0, test_fraction=0.2)
     with pytest.raises(ValueError, match="val_fraction is 0, so there is no val split.*use a fraction > 0"):
-        data.setup("fit")  # at setup, before any training (issue 10: bad input up front)
+        data.setup("fit")  # at setup, before any training (bad input up front)
+
+
+def test_scheduled_sampling_masks_are_a_pure_function_of_seed_step_and_sample(monkeypatch):
+    """The masks do not touch or depend on the global RNG (a resumed run draws the same ones), change with
+    the seed, the step and the batch, and rank r of w gets rows r, r + w, ... of the one-device batch."""
+    import types
+
+    model = VideoPrediction(DFN(kernel_size=3), **{**SMALL, "scheduled_sampling": 0.5})
+
+    def mask(step, batch=0, seed="0", world=1, rank=0, size=8):
+        monkeypatch.setenv("PL_GLOBAL_SEED", seed)
+        model._trainer = types.SimpleNamespace(estimated_stepping_batches=100, global_step=step, world_size=world,
+                                               global_rank=rank)
+        return model.truth_mask(size, torch.device("cpu"), batch)
+
+    torch.manual_seed(0)
+    first = mask(10)
+    state = torch.get_rng_state()
+    torch.manual_seed(123)  # another global RNG state
+    assert torch.equal(mask(10), first)
+    torch.set_rng_state(state)
+    mask(10)
+    assert torch.equal(torch.get_rng_state(), state)  # and it draws nothing from it
+    assert first.shape == (8, SMALL["frames_out"]) and first.dtype == torch.bool
+    assert not torch.equal(mask(11), first) and not torch.equal(mask(10, batch=1), first)
+    assert not torch.equal(mask(10, seed="1"), first)
+    whole = mask(10, size=8)  # one device, batch 8 = the global batch of 2 ranks x 4
+    assert torch.equal(torch.stack([mask(10, world=2, rank=r, size=4) for r in (0, 1)], 1).flatten(0, 1), whole)
+    p = model.truth_probability()  # 1 - 10/50 = 0.8
+    assert abs(float(mask(10, size=4000).float().mean()) - p) < 0.02
+    assert mask(60) is None  # probability 0 after half the run

@@ -10,8 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import dfn.ops.softmax_local_filter as softmax_filter_module
 from dfn.ops import (dynamic_conv, dynamic_conv_loop, dynamic_conv_reference, local_filter,
                      local_filter_reference)
+from dfn.ops.softmax_local_filter import softmax_local_filter
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -121,7 +123,7 @@ def test_local_filter_cuda(per_channel):
     assert x.grad.device.type == "cuda" and f.grad.shape == f.shape
 
 
-# ---------------------------------------------------------------- padding modes (issue 9)
+# ---------------------------------------------------------------- padding modes
 
 MODES = ["zeros", "replicate", "reflect"]
 
@@ -457,3 +459,94 @@ def test_bench_ops_quick_prints_json():
                                                             / r["fast_fwdbwd_ms"])
         else:
             assert r["baseline"] == "loop"
+
+
+# ---------------------------------------------------------------- filters laid out with the K*K axis fastest
+
+def _taps_last(f: torch.Tensor) -> torch.Tensor:
+    """The same values with the K*K axis fastest in memory (what a 1x1 conv in NHWC returns)."""
+    axis = f.dim() - 3
+    return f.movedim(axis, -1).contiguous().movedim(-1, axis)
+
+
+@pytest.mark.parametrize("mode", ["zeros", "replicate", "reflect"])
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("K,dilation,C", [(3, 1, 1), (5, 2, 3), (3, 4, 2)])  # dilation 4: taps off the frame
+def test_local_filter_taps_last_matches_reference(K, dilation, C, per_channel, mode):
+    """Filters with the K*K axis fastest go to dfn.ops.local_filter_taps_last (strided windows, a gather
+    backward); values and both gradients equal the unfold reference."""
+    if mode == "reflect" and dilation * (K // 2) >= 7:
+        pytest.skip("reflect needs the padding inside the frame")
+    torch.manual_seed(K + 10 * dilation + C)
+    x = torch.randn(2, C, 9, 7, dtype=torch.float64, requires_grad=True)
+    f = _taps_last(_filters(2, C, K, 9, 7, per_channel, dtype=torch.float64)).requires_grad_()
+    assert f.stride(-3) == 1
+    out = local_filter(x, f, dilation, padding_mode=mode)
+    ref = local_filter_reference(x, f, dilation, padding_mode=mode)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn(out.shape, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad(out, (x, f), g), torch.autograd.grad(ref, (x, f), g)):
+        torch.testing.assert_close(a, b)
+
+
+def test_local_filter_taps_last_gradcheck():
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 5, 6, dtype=torch.float64, requires_grad=True)
+    f = _taps_last(torch.randn(2, 9, 5, 6, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: local_filter(a, b, 2), (x, f))
+
+
+# ---------------------------------------------------------------- softmax_local_filter
+
+@pytest.mark.parametrize("chunk_bytes", [1 << 20, 100])  # one chunk; one sample per chunk
+@pytest.mark.parametrize("layout", ["planes", "taps_last"])
+@pytest.mark.parametrize("mode", ["zeros", "replicate", "reflect"])
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("K,dilation,C", [(1, 1, 2), (3, 1, 1), (5, 2, 3), (3, 4, 2)])
+def test_softmax_local_filter_is_softmax_then_local_filter(K, dilation, C, per_channel, mode, layout,
+                                                           chunk_bytes, monkeypatch):
+    """The fused operator against the two steps it replaces (softmax over the K*K axis, then the unfold
+    reference), values and gradients, in both memory layouts and with the batch split into chunks."""
+    if mode == "reflect" and dilation * (K // 2) >= 7:
+        pytest.skip("reflect needs the padding inside the frame")
+    monkeypatch.setattr(softmax_filter_module, "CHUNK_BYTES", chunk_bytes)
+    torch.manual_seed(K + 10 * dilation + C)
+    x = torch.rand(3, C, 9, 7, dtype=torch.float64, requires_grad=True)
+    logits = 3 * _filters(3, C, K, 9, 7, per_channel, dtype=torch.float64)
+    logits = (_taps_last(logits) if layout == "taps_last" else logits).requires_grad_()
+    axis = 2 if per_channel else 1
+    out = softmax_local_filter(x, logits, dilation, padding_mode=mode)
+    ref = local_filter_reference(x, torch.softmax(logits, axis), dilation, padding_mode=mode)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn(out.shape, dtype=torch.float64)
+    fast, slow = torch.autograd.grad(out, (x, logits), g), torch.autograd.grad(ref, (x, logits), g)
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b)
+    assert fast[1].stride() == logits.stride()  # the gradient keeps the logits' layout
+
+
+def test_softmax_local_filter_gradcheck():
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 6, 5, dtype=torch.float64, requires_grad=True)
+    logits = _taps_last(torch.randn(2, 9, 6, 5, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: softmax_local_filter(a, b, 2), (x, logits))
+
+
+def test_softmax_local_filter_bfloat16_logits_of_a_float32_frame():
+    """bf16-mixed: bfloat16 logits, float32 frames; computed and returned in float32."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 8, 8)
+    logits = _taps_last(torch.randn(2, 81, 8, 8)).bfloat16().requires_grad_()
+    out = softmax_local_filter(x, logits)
+    assert out.dtype == torch.float32
+    ref = local_filter_reference(x, torch.softmax(logits.detach().float(), 1))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    out.sum().backward()
+    assert logits.grad.dtype == torch.bfloat16 and torch.isfinite(logits.grad.float()).all()
+
+
+def test_softmax_local_filter_bad_input():
+    with pytest.raises(ValueError, match=r"local_filter: filters must be .* 80 is not the square of an odd K"):
+        softmax_local_filter(torch.rand(2, 1, 8, 8), torch.randn(2, 80, 8, 8))
+    with pytest.raises(ValueError, match=r"local_filter: filters must be .*floating"):
+        softmax_local_filter(torch.rand(2, 1, 8, 8), torch.ones(2, 9, 8, 8, dtype=torch.long))

@@ -1,4 +1,4 @@
-"""dfn.ops Triton backend (issue 12) against the einops reference: values and both gradients.
+"""dfn.ops Triton backend against the einops reference: values and both gradients.
 
 On CPU the kernels run under Triton's interpreter. Triton decides interpreted vs compiled when a
 kernel is decorated, and ``local_filter_triton`` decorates its kernels on first use once per

@@ -19,7 +19,7 @@ def count(module: torch.nn.Module) -> int:
 
 
 def test_paper_parameter_counts():
-    # REFERENCE §1: the authors' Moving MNIST DFN and its baseline.
+    # De Brabandere et al. 2016 (docs/paper.md): the authors' Moving MNIST DFN and its baseline.
     assert count(VideoPredictor(DFN(kernel_size=9))) == 637_361
     assert count(VideoPredictor(PixelBaseline(kernel_size=9))) == 637_443
     # ... and their highway network: buffer 2, hidden 64, 11x11 filters with dynamic bias.
@@ -29,7 +29,7 @@ def test_paper_parameter_counts():
 
 
 def test_refinement_network_parameter_counts():
-    # REFERENCE §1: +37,857 with one input frame, +38,145 with two (the authors' refinement_network=True).
+    # docs/paper.md: +37,857 with one input frame, +38,145 with two (the authors' refinement_network=True).
     assert count(VideoPredictor(DFN(kernel_size=9), refinement=True)) == 675_218
     highway = dict(buffer_len=2, hidden=64, layout="highway", untied_input_bias=True, image_size=64)
     assert count(VideoPredictor(DFN(kernel_size=11, dynamic_bias=True), refinement=True, **highway)) == 406_267
@@ -177,7 +177,7 @@ def test_baseline_is_linear_and_fed_back_raw():
         PixelBaseline(output="tanh")
 
 
-# ---------------------------------------------------------------- identity start (issue 9)
+# ---------------------------------------------------------------- identity start
 
 
 def smooth_sequence(batch: int = 2, frames: int = 4, size: int = 32) -> torch.Tensor:
@@ -263,7 +263,7 @@ def trunk_gradient(identity_weight_scale: float) -> float:
 
 
 def test_full_scale_identity_start_feeds_the_trunk():
-    # README "Measured on the sample clips": with the head's weights at 1 % of their He bound the trunk's
+    # docs/real_video.md, "Measured on the sample clips": with the head's weights at 1 % of their He bound the trunk's
     # gradient starts far smaller than with the full bound (here 4.1e-9 vs 4.3e-7, ~100x; on carphone
     # 2.6e-8 vs 1.7e-5, around Adam's eps of 1e-8); both start at copy-last (the identity tests above
     # cover "dfn-full-scale").
@@ -343,3 +343,100 @@ def test_filter_flow_of_a_shifting_filter():
     torch.testing.assert_close(flow, torch.stack([torch.zeros(1, 4, 5), torch.ones(1, 4, 5)], dim=1))
     colours = flow_colours(flow, max_displacement=1.0)
     assert colours.shape == (1, 3, 4, 5) and colours.max() <= 1 and colours.amax(1).min() == 1  # full length
+
+
+# ---------------------------------------------------------------- the batched rollout equals the stepwise one
+
+
+def rollout_pair(predictor: VideoPredictor, frames: torch.Tensor, frames_out: int, **sampling):
+    """Predictions and gradients (parameters, frames, truth) of `forward` and of `rollout_stepwise`
+    for the same random output gradient."""
+    inputs = [p for p in predictor.parameters()] + [frames] + ([sampling["truth"]] if sampling else [])
+    results = []
+    for rollout in (predictor.forward, predictor.rollout_stepwise):
+        predictions = rollout(frames, frames_out, **sampling)
+        torch.manual_seed(123)  # the same output gradient for both (randn_like would follow their layouts)
+        grad = torch.randn(predictions.shape, dtype=predictions.dtype)
+        grads = torch.autograd.grad(predictions, inputs, grad, allow_unused=True)
+        results.append((predictions, grads))
+    return results
+
+
+# Every value of every setting, and every pair of values of two settings, appears at least once (all 48
+# combinations took two minutes on the 2-core CPU; these ten cover every pair).
+@pytest.mark.parametrize("layout,buffer_len,untied_input_bias,refinement,sampling", [
+    ("moving_mnist", 1, False, False, False), ("moving_mnist", 2, True, True, True),
+    ("moving_mnist", 3, True, False, True), ("moving_mnist", 3, False, True, False),
+    ("highway", 1, True, True, False), ("highway", 2, False, False, True),
+    ("highway", 3, False, True, True), ("highway", 1, False, False, True),
+    ("highway", 2, True, False, False), ("moving_mnist", 1, True, True, True),
+])
+def test_batched_ground_truth_steps_equal_the_stepwise_rollout(layout, buffer_len, untied_input_bias,
+                                                               refinement, sampling):
+    """`forward` runs the encoder and mid layer of the steps that read ground truth only (the warm-up
+    steps and the first prediction) as one call over B·T windows, in NHWC on CPU; `rollout_stepwise` is
+    the step-by-step rollout in the frames' own layout. In float64 both must agree to rounding, forward
+    and backward (parameters, frames, and the true frames scheduled sampling feeds in)."""
+    torch.manual_seed(buffer_len * 10 + 2 * untied_input_bias + refinement)
+    predictor = VideoPredictor(DFN(kernel_size=3), channels=2, buffer_len=buffer_len, encoder_width=2, hidden=4,
+                               decoder_width=4, features=4, layout=layout, untied_input_bias=untied_input_bias,
+                               image_size=8, refinement=refinement).double()
+    with torch.no_grad():  # non-zero biases everywhere, or a misplaced bias would go unnoticed
+        for p in predictor.parameters():
+            if p.dim() <= 3:
+                p.uniform_(-0.3, 0.3)
+    B, t_in, t_out = 3, 4, 3
+    frames = torch.rand(B, t_in, 2, 8, 8, dtype=torch.float64, requires_grad=True)
+    extra = {}
+    if sampling:  # scheduled sampling: per sample and step, the true frame or the prediction is read
+        extra = dict(truth=torch.rand(B, t_out, 2, 8, 8, dtype=torch.float64, requires_grad=True),
+                     feed_truth=torch.tensor([[True, False, True], [False, False, True], [True, True, False]]))
+    (fast, fast_grads), (ref, ref_grads) = rollout_pair(predictor, frames, t_out, **extra)
+    torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-12)
+    for a, b in zip(fast_grads, ref_grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert not torch.equal(fast[:, 0], fast[:, -1])  # the rollout did not degenerate to a constant
+
+
+def test_ground_truth_steps_are_one_encoder_call():
+    """T_in = 5, buffer 2: the 4 ground-truth windows go through the encoder as one batch of 4·B; the
+    remaining frames_out - 1 = 2 steps one by one (batch B)."""
+    predictor = VideoPredictor(DFN(kernel_size=3), buffer_len=2, encoder_width=2, hidden=4, decoder_width=4,
+                               features=4)
+    batches = []
+    predictor.encoder[0].register_forward_hook(lambda module, args, out: batches.append(args[0].shape[0]))
+    predictor(torch.rand(3, 5, 1, 8, 8), frames_out=3)
+    assert batches == [3 * 4, 3, 3]
+
+
+def test_cpu_filters_reach_the_filtering_layer_taps_last():
+    """On CPU the rollout runs NHWC: the DFN head's filters come with each pixel's K*K values adjacent
+    (the layout `dfn.ops.softmax_local_filter` streams through); their values are those of the NCHW rollout."""
+    torch.manual_seed(0)
+    predictor = VideoPredictor(DFN(kernel_size=5), encoder_width=2, hidden=4, decoder_width=4, features=4)
+    frames = torch.rand(2, 3, 1, 12, 10)
+    predictions, filters = predictor(frames, 2, keep_filters=True)
+    assert filters[0].shape == (2, 25, 12, 10) and filters[0].stride(1) == 1
+    reference, reference_filters = predictor.rollout_stepwise(frames, 2, keep_filters=True)
+    assert reference_filters[0].is_contiguous()  # NCHW in the stepwise reference
+    torch.testing.assert_close(predictions, reference, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(filters[1], reference_filters[1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["HDFNet", "CondConv", "PixelBaseline"])
+def test_batched_rollout_with_other_generators(name):
+    """Per-channel filters (HDFNet), dynamic convolution (CondConv) and the pixel baseline read NHWC
+    features on CPU too; the batched rollout equals the stepwise one in float64."""
+    generator = {"HDFNet": lambda: HDFNet(kernel_size=3), "CondConv": lambda: CondConv(kernel_size=3),
+                 "PixelBaseline": lambda: PixelBaseline(kernel_size=3)}[name]()
+    torch.manual_seed(1)
+    predictor = VideoPredictor(generator, channels=2, encoder_width=2, hidden=4, decoder_width=4,
+                               features=4).double()
+    frames = torch.rand(2, 3, 2, 8, 8, dtype=torch.float64, requires_grad=True)
+    (fast, fast_grads), (ref, ref_grads) = rollout_pair(predictor, frames, 2)
+    torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-12)
+    for a, b in zip(fast_grads, ref_grads):
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -81,7 +81,9 @@ def make_run(directory, scale: float = 1.0, copy_last: float = 200.0, loss: str 
                "test/bce_per_frame": 100.0 * scale, "test/copy_last/bce_per_frame": copy_last,
                "test/ssim": 0.5, "test/copy_last/ssim": 0.8}  # the model wins on BCE, copy-last on SSIM
     (directory / "summary.json").write_text(json.dumps(summary))
-    (directory / "config.yaml").write_text(f"model:\n  lr: 0.001  # <escaped & shown>\n  loss: {loss}\n")
+    (directory / "config.yaml").write_text(  # as LightningCLI saves it: the model's arguments under init_args
+        f"model:\n  class_path: dfn.module.VideoPrediction\n  init_args:\n    lr: 0.001  # <escaped & shown>\n"
+        f"    loss: {loss}\n")
     logger = CSVMetricsLogger(directory / "metrics.csv")
     for step, loss in enumerate((0.7, 0.5, 0.4)):
         logger.log_metrics({"train/loss": loss}, step=step)

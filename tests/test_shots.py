@@ -66,3 +66,19 @@ def test_spans_cut_and_describe():
     assert describe_cuts([]) == "no scene cuts"
     assert describe_cuts([30]) == "1 scene cut (at frames 30)"
     assert describe_cuts(list(range(1, 11)), shown=3) == "10 scene cuts (at frames 1, 2, 3, ...)"
+
+
+def test_decoding_helpers_have_a_module_of_their_own():
+    """The arrows run one way: video -> shots -> decoding, and decoding imports neither."""
+    import ast
+    from pathlib import Path
+
+    import dfn.data
+
+    def imported(module: str) -> set[str]:
+        tree = ast.parse((Path(dfn.data.__file__).parent / f"{module}.py").read_text())
+        return {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
+
+    assert "video" not in imported("shots") and "decoding" in imported("shots")
+    assert not {"video", "shots"} & imported("decoding")
+    assert {"decoding", "shots"} <= imported("video")

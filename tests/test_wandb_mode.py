@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from dfn.cli import choose_wandb_mode
+from dfn.wandb_mode import choose_wandb_mode
 
 
 def test_explicit_mode_wins(monkeypatch):  # the user's WANDB_MODE is used as it is

@@ -9,8 +9,11 @@ synchronised on CUDA. The loss is the module's own (``loss(forward(inputs), targ
 a few training batches are drawn once and cycled, so the data pipeline is not timed (``dfn.bench data``
 measures it).
 
-Printed: seconds per iteration, FLOPs per iteration and the FLOP rate achieved, against the FLOP rate
-of a large matrix product measured in the same run (and, on known GPUs, their nominal peak).
+Printed: seconds per iteration (and on CPU the process's CPU time per iteration, the steadier figure
+on a shared machine), FLOPs per iteration and the FLOP rate achieved, against the FLOP rate of a large
+matrix product measured in the same run (and, on known GPUs, their nominal peak), and where an
+iteration goes (``dfn.bench.regions``: encoder / recurrence / decoder / generator + filtering / rest
+of the forward / loss / backward / optimizer, from ``--breakdown-steps`` more iterations with timers).
 FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` over one forward + backward (convolutions and
 matrix products) plus the dynamic local filtering, which the counter does not see (its fast paths are
 elementwise multiply-adds): 2·K²·C·H·W per sample and call forward, the same again backward for each
@@ -31,18 +34,13 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from dfn.bench.peaks import matmul_flops_per_second, nominal_peak
+from dfn.bench.regions import RegionTimer, format_regions
 from dfn.layers import DynamicLocalFiltering
-from dfn.speed import COMPILE_MODES, COMPILE_TARGETS, DEFAULT_TARGETS, compile_predictor, to_channels_last
+from dfn.speed import (COMPILE_MODES, COMPILE_TARGETS, DEFAULT_TARGETS, compile_predictor, native_bf16,
+                       precision_advice, to_channels_last)
 
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-true", "64-true")  # no GradScaler needed
-# Nominal dense peaks (FLOP/s) by device name, from NVIDIA's datasheets; the measured matmul is the
-# figure to trust, these are for context. H200 has the H100 SXM's compute.
-NOMINAL_PEAKS = {
-    "H100 PCIe": {"bfloat16": 756e12, "float32": 51e12, "tf32": 378e12},
-    "H100": {"bfloat16": 989e12, "float32": 67e12, "tf32": 494e12},
-    "H200": {"bfloat16": 989e12, "float32": 67e12, "tf32": 494e12},
-}
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, required=True, help="a train.py config, e.g. experiments/quickstart.yaml")
@@ -62,6 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave as is)")
     parser.add_argument("--override", action="append", default=[], metavar="ARG",
                         help="extra train.py argument, e.g. --override=--data.init_args.batch_size=32 (repeatable)")
+    parser.add_argument("--breakdown-steps", type=int, default=3,
+                        help="iterations timed per region after the timed ones (0: no breakdown)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -143,39 +143,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_flops_per_second(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 5) -> float:
-    """FLOP/s of an n×n @ n×n product (2n³ FLOPs), median of `repeats` after one warm-up."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    times = []
-    for i in range(repeats + 1):
-        _sync(device)
-        start = time.perf_counter()
-        a @ b
-        _sync(device)
-        if i:
-            times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times)
-
-
-def nominal_peak(device: torch.device, dtype: torch.dtype) -> tuple[str, float] | None:
-    """(what, FLOP/s) from NOMINAL_PEAKS for this GPU, or None. float32 on tensor cores (TF32, which
-    cuDNN convolutions use by default) is reported as 'tf32'."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, peaks in NOMINAL_PEAKS.items():  # "H100 PCIe" before "H100"
-        if key in name:
-            kind = "tf32" if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else str(dtype).split(".")[1]
-            return (f"{key} {kind}", peaks[kind]) if kind in peaks else None
-    return None
-
-
 def run(args: argparse.Namespace) -> dict:
     """Build, warm up, time; returns the result dict (also what ``--json`` prints)."""
-    if args.steps < 1 or args.warmup < 0 or args.batches < 1:
-        raise ValueError(f"dfn.bench train: need --steps >= 1, --warmup >= 0, --batches >= 1; got "
-                         f"{args.steps}, {args.warmup}, {args.batches}")
+    if args.steps < 1 or args.warmup < 0 or args.batches < 1 or args.breakdown_steps < 0:
+        raise ValueError(f"dfn.bench train: need --steps >= 1, --warmup >= 0, --batches >= 1, --breakdown-steps "
+                         f">= 0; got {args.steps}, {args.warmup}, {args.batches}, {args.breakdown_steps}")
     targets = [t.strip() for t in args.compile_targets.split(",") if t.strip()]
     device_type = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device_type == "cuda" and not torch.cuda.is_available():
@@ -203,18 +175,25 @@ def run(args: argparse.Namespace) -> dict:
         compiled = compile_predictor(model.predictor, targets, args.compile, backend=args.compile_backend)
     cudagraphs = args.compile in ("reduce-overhead", "max-autotune") and args.compile_backend == "inductor"
 
-    losses, times = [], []
+    losses, times, cpu_times = [], [], []
 
-    def iteration(i: int) -> None:
+    def iteration(i: int, timer: RegionTimer | None = None) -> None:
         if cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
+        region = timer.region if timer else lambda name: nullcontext()
         batch = batches[i % len(batches)]
         inputs, targets_ = model.split(batch)
-        loss = model_loss(model, plugin, inputs, targets_)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.detach().float().clone())  # clone: a CUDA graph output is overwritten next replay
+        with region("forward"), plugin.forward_context():
+            predictions = model(inputs)
+        with region("loss"):  # float32, outside autocast (model_loss)
+            loss = model.loss(predictions.float(), targets_.float())
+        with region("backward"):
+            loss.backward()
+        with region("optimizer"):
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if timer is None:  # the breakdown's iterations are not part of the reported losses
+            losses.append(loss.detach().float().clone())  # clone: a CUDA graph output is overwritten next replay
 
     _sync(device)
     start = time.perf_counter()
@@ -223,10 +202,19 @@ def run(args: argparse.Namespace) -> dict:
     _sync(device)
     warmup_seconds = time.perf_counter() - start
     for i in range(args.warmup, args.warmup + args.steps):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         iteration(i)
         _sync(device)
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
+    breakdown = None
+    if args.breakdown_steps and not compiled:  # timers in compiled methods would break their graphs
+        with RegionTimer(model.predictor, device) as timer:
+            for i in range(args.warmup + args.steps, args.warmup + args.steps + args.breakdown_steps):
+                iteration(i, timer)
+        breakdown = {"wall": timer.per_iteration(args.breakdown_steps)}
+        if device.type == "cpu":
+            breakdown["cpu"] = timer.per_iteration(args.breakdown_steps, cpu=True)
 
     seconds = statistics.median(times)
     compute_dtype = torch.bfloat16 if precision.startswith("bf16") else (
@@ -243,6 +231,9 @@ def run(args: argparse.Namespace) -> dict:
         "channels_last": args.channels_last, "batch_size": batch_size, "parameters": model.parameter_count(),
         "steps": args.steps, "warmup": args.warmup, "warmup_seconds": warmup_seconds,
         "seconds_per_iteration": seconds, "seconds_per_iteration_mean": statistics.fmean(times),
+        # CPU: seconds of CPU time (all threads) per iteration; it does not count time spent waiting for a core
+        "cpu_seconds_per_iteration": statistics.median(cpu_times) if device.type == "cpu" else None,
+        "breakdown": breakdown,
         "samples_per_second": batch_size / seconds,
         "flops_per_iteration": flops["total"], "flops_counted": flops["counted"],
         "flops_local_filter": flops["local_filter"], "flops_per_second": achieved,
@@ -253,6 +244,8 @@ def run(args: argparse.Namespace) -> dict:
         "fraction_of_nominal_peak": achieved / nominal[1] if nominal else None,
         "losses": [float(x) for x in losses],
         "weights_finite": all(bool(torch.isfinite(p).all()) for p in model.parameters()),
+        "cpu_bf16_instructions": native_bf16() if device.type == "cpu" else None,
+        "precision_advice": precision_advice(precision, device.type),
         "loadavg_1min": os.getloadavg()[0],
     }
 
@@ -273,13 +266,20 @@ def format_text(r: dict) -> str:
         f"filtering {si(r['flops_local_filter']).strip()} counted by hand: FlopCounterMode does not see it)",
         f"  warm-up {r['warmup']} iterations: {r['warmup_seconds']:.2f} s (includes compilation)",
         f"  s/iter {r['seconds_per_iteration']:.4f} (median of {r['steps']}; mean "
-        f"{r['seconds_per_iteration_mean']:.4f}) | {r['samples_per_second']:.1f} samples/s",
+        f"{r['seconds_per_iteration_mean']:.4f}) | {r['samples_per_second']:.1f} samples/s"
+        + (f" | CPU time {r['cpu_seconds_per_iteration']:.4f} s/iter" if r.get("cpu_seconds_per_iteration") else ""),
         f"  achieved {si(r['flops_per_second'])}FLOP/s | {r['matmul_size']}² {r['matmul_dtype']} matmul "
         f"{si(r['matmul_flops_per_second'])}FLOP/s | {100 * r['fraction_of_matmul_peak']:.2f}% of it",
     ]
     if r["nominal_peak"]:
         lines.append(f"  nominal peak ({r['nominal_peak']}) {si(r['nominal_peak_flops_per_second'])}FLOP/s | "
                      f"{100 * r['fraction_of_nominal_peak']:.2f}% of it")
+    if r.get("device") == "cpu":
+        lines.append(f"  CPU bfloat16 instructions: {r.get('cpu_bf16_instructions') or 'none (bfloat16 is emulated)'}")
+    if r.get("precision_advice"):
+        lines.append(f"  note: {r['precision_advice']}")
+    for what, seconds in (r.get("breakdown") or {}).items():
+        lines.append(format_regions(seconds, what))
     lines.append(f"  loss first/last {r['losses'][0]:.4f} / {r['losses'][-1]:.4f} | weights "
                  f"{'finite' if r['weights_finite'] else 'NOT FINITE'} | 1-min load "
                  f"{r['loadavg_1min']:.1f} ({os.cpu_count()} CPUs)")

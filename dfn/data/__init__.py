@@ -9,10 +9,13 @@ from .common import ClipDataModule, ShuffledShard, StridedShard
 from .h5 import HighwayH5
 from .highway import SyntheticHighway, synthetic_highway
 from .moving_mnist import MovingMNIST, bounce_trajectories, load_moving_mnist_file, moving_mnist
+from .synthetic_motion import SyntheticMotion
+from .steerable import SteerableFilters  # noqa: F401  (not video: images, angles and steered targets)
+from .stereo import MiddleburyStereo, SyntheticStereo  # noqa: F401  (not video: stereo pairs and disparity)
 from .video import VideoFolder
 
 __all__ = [
-    "MovingMNIST", "SyntheticHighway", "VideoFolder", "HighwayH5",
+    "MovingMNIST", "SyntheticHighway", "SyntheticMotion", "VideoFolder", "HighwayH5",
     "moving_mnist", "synthetic_highway", "bounce_trajectories", "load_moving_mnist_file",
     "ClipDataModule", "StridedShard", "ShuffledShard",
 ]

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
+from ..progress import progress
+
 
 # Lightning warns that an IterableDataset with __len__ may miscount under multiple workers. Not here:
 # EpochStream stops after exactly `batches_per_epoch` batches in total, whatever the number of workers.
@@ -32,6 +34,7 @@ warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` 
 # Leading stream tags keep the seed tuples of different streams apart (SeedSequence pads short entropy
 # with zeros, so (seed, 1, 2) and (seed, 1, 2, 0) would otherwise collide).
 TAG_TRAIN, TAG_SHUFFLE, TAG_VAL, TAG_TEST = 101, 102, 103, 104
+SET_NAMES = {TAG_VAL: "validation", TAG_TEST: "test"}  # for the progress of fixed_sequences
 
 
 def to_float_clips(x: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -61,8 +64,20 @@ def fixed_sequences(make: Callable[[np.random.Generator, int], np.ndarray], n: i
     ``seed_rng(seed, tag, c)``, so the first k sequences do not depend on ``n`` (the predict set is a
     prefix of the test set without generating all of it).
     """
-    parts = [make(seed_rng(seed, tag, c), min(chunk, n - start)) for c, start in enumerate(range(0, n, chunk))]
+    starts = range(0, n, chunk)
+    name = SET_NAMES.get(tag, "evaluation")
+    parts = [make(seed_rng(seed, tag, c), min(chunk, n - start))
+             for c, start in enumerate(progress(starts, f"generating the {name} set ({n} sequences)",
+                                                total=len(starts), unit="chunk"))]
     return np.concatenate(parts) if parts else make(seed_rng(seed, tag, 0), 0)
+
+
+def check_ints(name: str, checks: tuple[tuple[str, object, int], ...]) -> None:
+    """Raise a ValueError naming `name` and the argument for any ``(key, value, low)`` whose value is not
+    an integer >= low (bools are refused)."""
+    for key, value, low in checks:
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name}: {key} must be an integer >= {low}, got {value!r}")
 
 
 class StridedShard(Sampler[int]):
@@ -120,7 +135,7 @@ class InfiniteBatches(IterableDataset):
     its place in the *global* batch ``i`` (all ranks' batches side by side). So the stream is a pure
     function of (seed, epoch, batch index): the same with any number of workers (worker ``w`` of ``W``
     makes batches ``start + w, start + w + W, ...``, which the DataLoader interleaves back in order), the
-    same global batches on any number of devices at the same global batch size (issue 10), and a
+    same global batches on any number of devices at the same global batch size, and a
     resumed run continues it from any batch without replaying one.
     """
 
@@ -146,7 +161,7 @@ class InfiniteBatches(IterableDataset):
 
 
 class ResumablePosition:
-    """Mixin for a training DataLoader whose position can be saved and restored (issue 10).
+    """Mixin for a training DataLoader whose position can be saved and restored (exact resume).
 
     Lightning saves ``state_dict()`` of every training loader that has one in each checkpoint (under
     ``loops.fit_loop.state_dict.combined_loader``) and hands it back to ``load_state_dict`` on resume.
@@ -255,34 +270,23 @@ class ClipArray(Dataset):
         return to_float_clips(self.clips[i])
 
 
-class ClipDataModule(L.LightningDataModule):
-    """Base class: rank discovery, validation of the common arguments, the evaluation loaders.
+class SeededDataModule(L.LightningDataModule):
+    """Base class of every data module, video or not: validation of the loader arguments, rank
+    discovery, the seeded resumable training stream and the rank-sharded evaluation loaders.
 
-    Subclasses set ``frames_in/frames_out/channels/image_size`` in ``__init__`` and fill
-    ``self.val_set / self.test_set / self.predict_set`` (map-style datasets of (T, C, H, W)) in
-    ``setup``; they implement ``train_dataloader`` (map-style sets: ``self._shuffled_loader(train_set)``).
+    Subclasses fill ``self.val_set / self.test_set / self.predict_set`` (map-style datasets) in
+    ``setup`` and implement ``train_dataloader`` (generated data: ``self._stream(make_batch, n)``;
+    map-style sets: ``self._shuffled_loader(train_set)``).
     """
 
-    def __init__(self, frames_in: int, frames_out: int, channels: int, image_size: int,
-                 batch_size: int, num_workers: int, seed: int) -> None:
+    def __init__(self, batch_size: int, num_workers: int, seed: int) -> None:
         super().__init__()
-        name = type(self).__name__
-        for key, value, low in (("frames_in", frames_in, 1), ("frames_out", frames_out, 1),
-                                ("image_size", image_size, 1), ("batch_size", batch_size, 1),
-                                ("num_workers", num_workers, 0), ("seed", seed, 0)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{name}: {key} must be an integer >= {low}, got {value!r}")
-        self.frames_in, self.frames_out = frames_in, frames_out
-        self.channels, self.image_size = channels, image_size
+        check_ints(type(self).__name__, (("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
+                                         ("seed", seed, 0)))
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
         self.predict_set: Dataset | None = None
-
-    @property
-    def frames(self) -> int:
-        """T = frames_in + frames_out, the length of every clip."""
-        return self.frames_in + self.frames_out
 
     def rank_info(self) -> tuple[int, int]:
         """(world_size, global_rank) of the attached trainer, (1, 0) without one."""
@@ -351,3 +355,25 @@ class ClipDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._eval_loader(self.predict_set, "predict")
+
+
+class ClipDataModule(SeededDataModule):
+    """Base class of the video data modules: batches of clips (B, T, C, H, W).
+
+    Subclasses set ``frames_in/frames_out/channels/image_size`` in ``__init__`` and fill
+    ``self.val_set / self.test_set / self.predict_set`` (map-style datasets of (T, C, H, W)) in
+    ``setup``; they implement ``train_dataloader`` (map-style sets: ``self._shuffled_loader(train_set)``).
+    """
+
+    def __init__(self, frames_in: int, frames_out: int, channels: int, image_size: int,
+                 batch_size: int, num_workers: int, seed: int) -> None:
+        check_ints(type(self).__name__, (("frames_in", frames_in, 1), ("frames_out", frames_out, 1),
+                                         ("image_size", image_size, 1)))
+        super().__init__(batch_size, num_workers, seed)
+        self.frames_in, self.frames_out = frames_in, frames_out
+        self.channels, self.image_size = channels, image_size
+
+    @property
+    def frames(self) -> int:
+        """T = frames_in + frames_out, the length of every clip."""
+        return self.frames_in + self.frames_out

@@ -9,10 +9,13 @@ The point of the data: the motion differs from position to position, which is ex
 *local* filters are for.
 
 Everything is vectorised over the batch (numpy float32); a Python loop runs over frames and objects.
+`render_highway` renders the same scene from cameras beside the car's and the depth of every pixel
+(the stereo pairs of `dfn.data.stereo`).
 """
 
 from __future__ import annotations
 
+import itertools
 from functools import partial
 
 import numpy as np
@@ -29,22 +32,47 @@ DASH_PERIOD, DASH_LEN = 12.0, 4.0
 POST_PERIOD, POST_X, POST_H, POST_W, NUM_POSTS = 20.0, ROAD_HALF + 1.5, 1.0, 0.25, 4
 CAR_W, CAR_H = 1.8, 1.4
 NEAR, FAR = 1.0, 120.0
+FOCAL = 0.55            # focal length, in image widths
+GRAIN_WAVES, GRAIN_AMPLITUDE, GRAIN_FADE = 4, 0.025, 15.0  # render_highway(grain=True): ground texture
 
 
 def synthetic_highway(num_sequences: int, num_frames: int = 6, image_size: int = 64,
                       rng: np.random.Generator | None = None, curves: bool = True, shake: bool = True,
                       num_cars: int = 3) -> np.ndarray:
     """Generate grayscale driving sequences -> (num_sequences, num_frames, image_size, image_size) uint8."""
+    images, _ = render_highway(num_sequences, num_frames, image_size, rng, curves, shake, num_cars)
+    return images[0]
+
+
+def render_highway(num_sequences: int, num_frames: int = 6, image_size: int = 64,
+                   rng: np.random.Generator | None = None, curves: bool = True, shake: bool = True,
+                   num_cars: int = 3, camera_offsets: tuple[float, ...] = (0.0,), depth: bool = False,
+                   grain: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """The scene of :func:`synthetic_highway` seen by one camera per entry of ``camera_offsets``.
+
+    ``camera_offsets``: lateral positions (metres, + = right) of cameras beside the car's own, all
+    with its orientation and focal length (a rectified rig). The random draws do not depend on them,
+    so offset 0 gives :func:`synthetic_highway`'s frames exactly. Returns the frames, uint8
+    (V, B, T, S, S) with V = len(camera_offsets), and with ``depth=True`` the depth along the optical
+    axis of what each pixel shows, float32 (V, B, T, S, S) in metres (+inf for sky and hills, which
+    lie at infinity), else None.
+
+    ``grain``: add a texture anchored on the ground plane (a sum of ``GRAIN_WAVES`` plane waves in road
+    coordinates, 0.8–2.4 m long, fading out by ``GRAIN_FADE`` m). The ground's own texture varies
+    with depth only, so without grain a sideways shift of the camera is invisible on most of the
+    road. Its draws come after all others: the rest of the scene is the same with or without it.
+    """
     rng = np.random.default_rng() if rng is None else rng
-    B, T, S = num_sequences, num_frames, image_size
-    out = np.zeros((B, T, S, S), dtype=np.uint8)
+    B, T, S, V = num_sequences, num_frames, image_size, len(camera_offsets)
+    out = np.zeros((V, B, T, S, S), dtype=np.uint8)
+    depths = np.full((V, B, T, S, S), np.inf, dtype=np.float32) if depth else None
     if B == 0 or T == 0:
-        return out
+        return out, depths
 
     def per_seq(low: float, high: float) -> np.ndarray:
         return rng.uniform(low, high, size=(B, 1, 1)).astype(np.float32)  # (B, 1, 1) broadcasts over pixels
 
-    f = np.float32(0.55 * S)                           # focal length in pixels
+    f = np.float32(FOCAL * S)                          # focal length in pixels
     speed = per_seq(0.8, 2.2)                         # metres per frame
     s0 = per_seq(0.0, 1000.0)                         # distance already travelled
     cam_x = per_seq(-0.8, 0.8)                        # lateral offset inside the middle lane
@@ -61,12 +89,17 @@ def synthetic_highway(num_sequences: int, num_frames: int = 6, image_size: int =
     car_on = rng.random((B, num_cars)) < 0.8
     shake_v = rng.normal(0.0, 0.4 if shake else 0.0, size=(B, T)).astype(np.float32)
     shake_u = rng.normal(0.0, 0.3 if shake else 0.0, size=(B, T)).astype(np.float32)
+    if grain:  # per sequence and wave: wavenumber (rad/m), direction on the road plane, phase
+        waves = 2 * np.pi / rng.uniform(0.8, 2.4, size=(B, GRAIN_WAVES)).astype(np.float32)
+        heading = rng.uniform(0.0, np.pi, size=(B, GRAIN_WAVES)).astype(np.float32)
+        wave_phase = rng.uniform(0.0, 2 * np.pi, size=(B, GRAIN_WAVES)).astype(np.float32)
 
     u = (np.arange(S, dtype=np.float32) + 0.5)[None, None, :]  # (1, 1, W) pixel-centre columns
     v = (np.arange(S, dtype=np.float32) + 0.5)[None, :, None]  # (1, H, 1) pixel-centre rows
     cx = np.float32(S / 2)
 
-    for t in range(T):
+    for t, (view, offset) in itertools.product(range(T), enumerate(camera_offsets)):
+        cam = cam_x + np.float32(offset)                           # (B, 1, 1) this camera's lateral position
         horizon = horizon0 + shake_v[:, t, None, None]            # (B, 1, 1)
         shift = cx + shake_u[:, t, None, None]                     # (B, 1, 1) image column of straight ahead
         s = s0 + speed * t                                         # (B, 1, 1) distance travelled
@@ -75,7 +108,7 @@ def synthetic_highway(num_sequences: int, num_frames: int = 6, image_size: int =
         z = np.where(ground, f * CAM_HEIGHT / np.maximum(below, 1e-3), FAR).astype(np.float32)  # (B, H, 1) depth
         bend = curve * z * z                                       # (B, H, 1) road centre drifts with depth
         px = z / f                                                 # (B, H, 1) metres covered by one pixel
-        X = (u - shift) * px + (cam_x - bend)                      # (B, H, W) lateral road coordinate, metres
+        X = (u - shift) * px + (cam - bend)                        # (B, H, W) lateral road coordinate, metres
         fade = np.clip(1.0 - z / 60.0, 0.0, 1.0)                   # texture fades out toward the horizon
 
         # Sky with a band of hills that slides sideways as the road bends.
@@ -85,6 +118,13 @@ def synthetic_highway(num_sequences: int, num_frames: int = 6, image_size: int =
         on_road = np.abs(X) < ROAD_HALF  # (B, H, W)
         ripple = np.sin(2 * np.pi * (z + s) / 2.5) * fade
         surface = np.where(on_road, asphalt + 0.03 * ripple, verge + 0.08 * np.sin(2 * np.pi * (z + s) / 5.0) * fade)
+        if grain:
+            grain_fade = np.clip(1.0 - z / GRAIN_FADE, 0.0, 1.0)  # (B, H, 1): gone before it would alias
+            for w in range(GRAIN_WAVES):
+                kx = (waves[:, w] * np.cos(heading[:, w]))[:, None, None]  # (B, 1, 1) across the road
+                kz = (waves[:, w] * np.sin(heading[:, w]))[:, None, None]  # (B, 1, 1) along it
+                wave = np.sin(kx * X + kz * (z + s) + wave_phase[:, w, None, None])  # (B, H, W)
+                surface = surface + GRAIN_AMPLITUDE * grain_fade * wave
 
         # Painted lines are symmetric about the road centre, so measure distances on |X|: one pass
         # covers both sides. Coverage = fraction of the pixel footprint on the line (anti-aliased).
@@ -102,13 +142,15 @@ def synthetic_highway(num_sequences: int, num_frames: int = 6, image_size: int =
         cover = np.maximum(line_cover(ROAD_HALF - 0.2, 0.12), dash_on * line_cover(LANE / 2, 0.1))
         surface = surface + (paint - surface) * cover
         img = np.where(ground, surface, img)
+        if depth:  # z broadcast over the columns; sky and hills stay at infinity
+            seen_depth = np.where(ground, z, np.float32(np.inf))   # (B, H, W)
 
         # Boxes, painter's order: posts first, then cars far to near. A post nearer than a car never
         # overlaps it on screen (it stands further out, so it projects further out), so no z-buffer.
         def box_mask(zo: np.ndarray, xo: np.ndarray, width: float, height: float) -> np.ndarray:
             # zo, xo: (B, K) -> (B, K, H, W) bool screen rectangle of a box standing on the road at depth zo
             zo_ = np.maximum(zo, NEAR)[:, :, None, None]                                  # (B, K, 1, 1)
-            col = shift[:, None] + f * (xo[:, :, None, None] + curve[:, None] * zo_ * zo_ - cam_x[:, None]) / zo_
+            col = shift[:, None] + f * (xo[:, :, None, None] + curve[:, None] * zo_ * zo_ - cam[:, None]) / zo_
             half = 0.5 * f * width / zo_
             bottom = horizon[:, None] + f * CAM_HEIGHT / zo_
             top = horizon[:, None] + f * (CAM_HEIGHT - height) / zo_
@@ -120,17 +162,26 @@ def synthetic_highway(num_sequences: int, num_frames: int = 6, image_size: int =
         first_post = POST_PERIOD - np.mod(s[:, 0, :], POST_PERIOD)                        # (B, 1) nearest post ahead
         post_z = np.repeat(first_post + np.arange(NUM_POSTS, dtype=np.float32) * POST_PERIOD, 2, axis=1)  # (B, 2P)
         post_x = np.tile(np.array([-POST_X, POST_X], np.float32), (B, NUM_POSTS))           # (B, 2P) both sides
-        img = np.where(box_mask(post_z, post_x, POST_W, POST_H).any(axis=1), np.float32(0.95), img)
+        posts = box_mask(post_z, post_x, POST_W, POST_H)                                  # (B, 2P, H, W)
+        img = np.where(posts.any(axis=1), np.float32(0.95), img)
+        if depth:  # posts share one shade, so the nearest post at a pixel is the one seen
+            post_depth = np.where(posts, post_z[:, :, None, None], np.float32(np.inf)).min(axis=1)
+            seen_depth = np.where(posts.any(axis=1), post_depth, seen_depth)
         if num_cars:
             car_z = car_z0 + car_rel * t                                                  # (B, C)
             visible = np.where(car_on, car_z, -1.0)                                       # hidden cars fail `seen`
             order = np.argsort(-car_z, axis=1)                                            # far to near, per sequence
             masks = box_mask(np.take_along_axis(visible, order, 1), np.take_along_axis(car_lane, order, 1), CAR_W, CAR_H)
             shades = np.take_along_axis(car_shade, order, 1)                              # (B, C)
+            near_z = np.maximum(np.take_along_axis(car_z, order, 1), NEAR)               # (B, C) as drawn
             for c in range(num_cars):
                 img = np.where(masks[:, c], shades[:, c, None, None], img)
-        out[:, t] = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return out
+                if depth:
+                    seen_depth = np.where(masks[:, c], near_z[:, c, None, None], seen_depth)
+        out[view, :, t] = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        if depth:
+            depths[view, :, t] = seen_depth
+    return out, depths
 
 
 class SyntheticHighway(ClipDataModule):

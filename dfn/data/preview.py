@@ -4,10 +4,13 @@
     python -m dfn.data.preview --data dfn.data.VideoFolder --init path=my_videos/ --init color=rgb \
         --split test --out clips.gif
     python -m dfn.data.preview --data dfn.data.SyntheticHighway --init frames_out=9 --scale 3
+    python -m dfn.data.preview --data dfn.data.SyntheticMotion --init "image_size=[72, 88]" \
+        --clips 6 --out docs/figures/synthetic_motion.png
 
 ``--init key=value`` sets a constructor argument (values are parsed as YAML: 3, true, [1, 2], 'text').
-Clips are laid side by side; frames after ``frames_in`` (the ones a model must predict) get a white
-bar along their top edge.
+GIF (any other suffix): clips are laid side by side, one GIF frame per clip frame. PNG: a still sheet,
+one row per clip, its frames left to right. Either way, frames after ``frames_in`` (the ones a model
+must predict) get a white bar along their top edge.
 """
 
 from __future__ import annotations
@@ -54,6 +57,17 @@ def clips_to_frames(batch: torch.Tensor, frames_in: int, scale: int = 2) -> np.n
     return x.transpose(1, 2, 0, 3, 4).reshape(t, h, n * (w + 2), c)  # (T, H, N*(W+2), C)
 
 
+def clips_to_sheet(batch: torch.Tensor, frames_in: int, scale: int = 2) -> np.ndarray:
+    """(N, T, C, H, W) float in [0, 1] -> one PNG image (N*(H'+2), T*(W'+2), 3) uint8: row n holds clip
+    n's frames left to right."""
+    frames = clips_to_frames(batch, frames_in, scale)  # (T, H', N*(W'+2), 3)
+    t, h, width, c = frames.shape
+    n = len(batch)
+    x = frames.reshape(t, h, n, width // n, c).transpose(2, 0, 1, 3, 4)  # (N, T, H', W'+2, 3)
+    x = np.concatenate([x, np.full((n, t, 2, width // n, c), 64, np.uint8)], axis=2)  # row separators
+    return x.transpose(0, 2, 1, 3, 4).reshape(n * (h + 2), t * (width // n), c)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m dfn.data.preview", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clips", type=int, default=4)
     p.add_argument("--scale", type=int, default=2, help="integer upscaling of the frames")
     p.add_argument("--fps", type=float, default=4.0)
-    p.add_argument("--out", type=Path, default=Path("preview.gif"))
+    p.add_argument("--out", type=Path, default=Path("preview.gif"), help="a .gif (animated) or .png (still sheet)")
     args = p.parse_args(argv)
     if args.clips < 1 or args.scale < 1:
         raise SystemExit("--clips and --scale must be >= 1")
@@ -82,9 +96,11 @@ def main(argv: list[str] | None = None) -> None:
         if seen >= args.clips:
             break
     batch = torch.cat(got)  # (N, T, C, H, W)
-    frames = clips_to_frames(batch, dm.frames_in, args.scale)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(args.out, frames, duration=1000 / args.fps, loop=0)
+    if args.out.suffix.lower() == ".png":
+        iio.imwrite(args.out, clips_to_sheet(batch, dm.frames_in, args.scale))
+    else:
+        iio.imwrite(args.out, clips_to_frames(batch, dm.frames_in, args.scale), duration=1000 / args.fps, loop=0)
     print(f"wrote {args.out}: {len(batch)} {args.split} clips of {batch.shape[1]} frames "
           f"({dm.frames_in} in, {dm.frames_out} out; {tuple(batch.shape[2:])} per frame)")
 

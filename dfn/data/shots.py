@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .decoding import aspect_size, decode_chunks, first_line, frames_to_tensor
+
 CUT_THRESHOLD = 0.12  # d_i floor for a cut (mean absolute difference, [0, 1] units); see module docstring
 CUT_RATIO = 9.0       # ... and d_i must also exceed this many times the file's median d
 DETECT_SHORT_SIDE = 32  # detection resolution: small frames average out noise and make decoding cheap
@@ -62,39 +64,31 @@ def detect_cuts(frames: torch.Tensor | np.ndarray, threshold: float = CUT_THRESH
     return [int(i) + 1 for i in np.flatnonzero(d > limit)]  # d[i - 1] compares frame i with frame i - 1
 
 
-def small_gray_frames(path: str | Path, short_side: int = DETECT_SHORT_SIDE) -> torch.Tensor:
+def small_gray_frames(path: str | Path, short_side: int = DETECT_SHORT_SIDE, frames: int | None = None
+                      ) -> torch.Tensor:
     """Decode a whole video file once into float32 (N, h, w) gray frames in [0, 1], short side
-    ``short_side`` at the video's own aspect (area-averaged: no aliasing, less noise)."""
-    import imageio.v3 as iio
-
-    from .video import _first_line, aspect_size, frames_to_tensor  # here: video.py imports this module
-
-    chunks, buf, size = [], [], None
-
-    def flush() -> None:
-        chunks.append(frames_to_tensor(np.stack(buf), "gray", size)[:, 0])  # (n, 1, h, w) -> (n, h, w)
-        buf.clear()
-
+    ``short_side`` at the video's own aspect (area-averaged: no aliasing, less noise). ``frames``: the
+    file's frame count if known (only the progress bar uses it)."""
+    path = Path(path)
+    chunks, size = [], None
     try:
-        for frame in iio.imiter(path):
+        for chunk in decode_chunks(path, f"{path.name}: scene cuts", frames):
             if size is None:
-                size = aspect_size(frame.shape[0], frame.shape[1], short_side, multiple=1)
-            buf.append(frame)
-            if len(buf) == 64:  # process in chunks: never hold many full-resolution frames
-                flush()
+                size = aspect_size(chunk.shape[1], chunk.shape[2], short_side, multiple=1)
+            chunks.append(frames_to_tensor(chunk, "gray", size)[:, 0])  # (n, 1, h, w) -> (n, h, w)
     except Exception as err:
-        raise ValueError(f"{path}: cannot decode for scene-cut detection ({_first_line(err)})") from err
-    if buf:
-        flush()
+        raise ValueError(f"{path}: cannot decode for scene-cut detection ({first_line(err)})") from err
     if not chunks:
         raise ValueError(f"{path}: video has no frames")
     return torch.cat(chunks)
 
 
-def detect_file_cuts(path: str | Path, threshold: float = CUT_THRESHOLD, ratio: float = CUT_RATIO) -> list[int]:
+def detect_file_cuts(path: str | Path, threshold: float = CUT_THRESHOLD, ratio: float = CUT_RATIO,
+                     frames: int | None = None) -> list[int]:
     """Scene cuts of one video file: sorted frame indices that start a new shot (see :func:`detect_cuts`).
-    Decodes the file once, at short side :data:`DETECT_SHORT_SIDE`."""
-    return detect_cuts(small_gray_frames(path), threshold, ratio)
+    Decodes the file once, at short side :data:`DETECT_SHORT_SIDE`; ``frames`` as in
+    :func:`small_gray_frames`."""
+    return detect_cuts(small_gray_frames(path, frames=frames), threshold, ratio)
 
 
 def spans_cut(start: int, frames: int, cuts: list[int]) -> bool:

@@ -17,8 +17,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from dfn.checks import check_choice, check_int, check_positive, fail  # the generators' checks, re-exported
 from dfn.layers import DynamicConvolution, DynamicLocalFiltering
 from dfn.ops import PADDING_MODES, PaddingMode
+
+__all__ = ["FilterGenerator", "Mode", "check_choice", "check_int", "check_positive", "pooled"]
 
 Mode = Literal["local", "conv"]
 
@@ -46,14 +49,13 @@ class FilterGenerator(nn.Module):
     def __init__(self, kernel_size: int = 9, mode: Mode = "local", padding_mode: PaddingMode = "zeros") -> None:
         super().__init__()
         name = type(self).__name__
-        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 \
-                or kernel_size % 2 == 0:
-            raise ValueError(f"{name}: kernel_size must be a positive odd integer, got {kernel_size!r}")
+        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+            raise fail(name, "kernel_size", "a positive odd integer", kernel_size)
         check_choice(name, "mode", mode, ("local", "conv"))
         check_choice(name, "padding_mode", padding_mode, PADDING_MODES)
         self.kernel_size = kernel_size
         self.mode = mode
-        # What the filters read outside the frame (issue 9): zeros is the paper's (a black Moving MNIST
+        # What the filters read outside the frame: zeros is the paper's (a black Moving MNIST
         # background); natural video wants replicate or reflect, or every border darkens.
         self.padding_mode = padding_mode
         self.filtering: nn.Module | None = None
@@ -89,28 +91,6 @@ class FilterGenerator(nn.Module):
             "padding_mode": self.padding_mode,
             "generator_parameters": sum(p.numel() for p in self.parameters() if p.requires_grad),
         }
-
-
-def check_int(owner: str, name: str, value: Any, minimum: int = 1) -> None:
-    """Raise a ValueError naming ``owner.name`` unless ``value`` is an int >= ``minimum`` (bools rejected)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
-
-
-def check_positive(owner: str, name: str, value: Any, maximum: float | None = None, meaning: str = "") -> None:
-    """Raise a ValueError naming ``owner.name`` unless ``value`` is a number > 0 (and <= ``maximum`` when
-    given; bools rejected). ``meaning`` is appended to the message in parentheses."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
-            or (maximum is not None and value > maximum):
-        allowed = f"in (0, {maximum:g}]" if maximum is not None else "> 0"
-        why = f" ({meaning})" if meaning else ""
-        raise ValueError(f"{owner}: {name} must be a number {allowed}{why}, got {value!r}")
-
-
-def check_choice(owner: str, name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    """Raise a ValueError naming ``owner.name`` and the allowed values unless ``value`` is one of them."""
-    if value not in allowed:
-        raise ValueError(f"{owner}: {name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
 
 
 def pooled(features: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """The paper's filter generator (De Brabandere et al., NIPS 2016): filter values straight from the decoder.
 
 In the Moving MNIST network the decoder ends with ``conv1x1 -> 128`` (owned by the predictor) and then
-``conv1x1 -> 81`` with identity activation, followed by a softmax over the 81 values (REFERENCE §1);
+``conv1x1 -> 81`` with identity activation, followed by a softmax over the 81 values (De Brabandere et al. 2016; docs/paper.md);
 this class is that last layer, plus its pooled counterpart for dynamic convolution.
 """
 
@@ -28,7 +28,7 @@ class DFN(FilterGenerator):
     Softmax over the K*K values is on by default (paper); ``dynamic_bias`` adds one generated channel that
     is added to the frame before filtering (the paper's highway setting).
 
-    ``identity_init`` (ours, issue 9; off by default = the authors' He init): the head starts with small
+    ``identity_init`` (ours; off by default = the authors' He init): the head starts with small
     weights and a large centre-tap bias, so an untrained model predicts ≈ the last frame (99 % centre
     weight) instead of a random blur. It helps on natural video (highway configs turn it on), where the
     last frame is already a good prediction; the Moving MNIST paper config keeps the authors' init.
@@ -36,7 +36,7 @@ class DFN(FilterGenerator):
     1 %). With 1 % the gradient reaching the trunk at the start is ~1e-8 per weight on real footage, the
     size of Adam's eps, so the encoder and decoder barely move for the first hundreds of steps; 1.0
     (the head's usual He init, plus the centre bias) gives ~1e-5 and still starts at copy-last
-    (README, "Measured on the sample clips").
+    (docs/real_video.md, "Measured on the sample clips").
     """
 
     def __init__(
@@ -46,7 +46,7 @@ class DFN(FilterGenerator):
         dilation: int = 1,
         softmax: bool = True,  # paper: softmax over the K*K filter values
         dynamic_bias: bool = False,  # paper: on for highway, off for Moving MNIST
-        identity_init: bool = False,  # paper: He init; True is ours (start at copy-last, issue 9)
+        identity_init: bool = False,  # paper: He init; True is ours (start at copy-last)
         identity_weight_scale: float = IDENTITY_WEIGHT_SCALE,  # ours: head weights / He bound at the identity start
         padding_mode: PaddingMode = "zeros",  # paper (black background); replicate/reflect for natural video
     ) -> None:
@@ -91,7 +91,7 @@ class PixelBaseline(FilterGenerator):
     """The paper's baseline: the dynamic filtering layer is replaced by a 1x1 conv that predicts pixels.
 
     Same network as `DFN` up to its K*K (+1) output channels (identity activation), then a 1x1 conv
-    K*K(+1) -> C. With K = 9 on Moving MNIST this is the authors' 637,443-parameter baseline (REFERENCE §1).
+    K*K(+1) -> C. With K = 9 on Moving MNIST this is the authors' 637,443-parameter baseline (docs/paper.md).
 
     ``output``: ``"linear"`` (the authors': identity activation; predictions are unbounded, clipped only
     where the BCE loss/metric clip them, and fed back raw) or ``"sigmoid"`` (ours: squashes pixels into

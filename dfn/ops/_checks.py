@@ -1,7 +1,8 @@
 """Input validation shared by the dynamic filtering operators.
 
 Every check raises ``ValueError`` naming the expected and the received shape, so a caller with a
-wrongly shaped generator output reads what went wrong instead of a stack trace from inside torch.
+wrongly shaped generator output reads what went wrong instead of a stack trace from inside torch; the
+messages have the shape of `dfn.checks` (``local_filter: dilation must be an integer >= 1, got 0``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-# How the window reads pixels outside the frame (issue 9). "zeros" is the paper's choice (and right
+from dfn.checks import check_choice, check_int, fail
+
+# How the window reads pixels outside the frame (docs/operators.md). "zeros" is the paper's choice (and right
 # for Moving MNIST's black background); "replicate" repeats the edge pixel, "reflect" mirrors the
 # frame about its edge pixel (no repeat), both keep a constant frame constant up to the border.
 PaddingMode = Literal["zeros", "replicate", "reflect"]
@@ -32,24 +35,15 @@ def odd_window(kk: int) -> int | None:
     return k if k * k == kk and k % 2 == 1 else None
 
 
-def check_positive_int(name: str, what: str, value: object) -> int:
-    """``value`` as an int ≥ 1, else ValueError (bools are rejected: ``True`` is not a dilation)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: {what} must be an integer >= 1; got {value!r}")
-    return value
-
-
 def check_tensor(name: str, what: str, t: object, dims: int | tuple[int, ...]) -> Tensor:
     """``t`` must be a floating tensor with ``dims`` dimensions."""
     if not isinstance(t, Tensor):
-        raise ValueError(f"{name}: {what} must be a torch.Tensor; got {type(t).__name__}")
+        raise fail(name, what, "a torch.Tensor", t, shown=type(t).__name__)
     ok = (dims,) if isinstance(dims, int) else dims
     if t.dim() not in ok:
-        raise ValueError(f"{name}: {what} must have {' or '.join(map(str, ok))} dimensions; "
-                         f"got shape {shape_str(t)}")
+        raise fail(name, what, f"a tensor with {' or '.join(map(str, ok))} dimensions", t, shown=f"shape {shape_str(t)}")
     if not t.is_floating_point():
-        raise ValueError(f"{name}: {what} must be a floating-point tensor; got {t.dtype} "
-                         f"with shape {shape_str(t)}")
+        raise fail(name, what, "a floating-point tensor", t, shown=f"{t.dtype} with shape {shape_str(t)}")
     return t
 
 
@@ -65,10 +59,7 @@ def check_same_dtype_device(name: str, x: Tensor, other: Tensor, what: str) -> N
 
 def check_padding_mode(name: str, padding_mode: object) -> str:
     """``padding_mode`` must be one of :data:`PADDING_MODES`."""
-    if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
-        raise ValueError(f"{name}: padding_mode must be one of {', '.join(map(repr, PADDING_MODES))}; "
-                         f"got {padding_mode!r}")
-    return padding_mode
+    return check_choice(name, "padding_mode", padding_mode, PADDING_MODES)
 
 
 def check_reflect_fits(name: str, padding_mode: str, pad_h: int, pad_w: int, x: Tensor) -> None:
@@ -89,30 +80,29 @@ def check_local_filter(x: object, filters: object, dilation: object,
     """
     name = "local_filter"
     x = check_tensor(name, "x", x, 4)
-    check_positive_int(name, "dilation", dilation)
+    check_int(name, "dilation", dilation)
     B, C, H, W = x.shape
     expected = (f"filters must be (B, K*K, H, W) = ({B}, K*K, {H}, {W}) "
                 f"or (B, C, K*K, H, W) = ({B}, {C}, K*K, {H}, {W})")
     if not isinstance(filters, Tensor):
-        raise ValueError(f"{name}: {expected}; got {type(filters).__name__}")
+        raise ValueError(f"{name}: {expected}, got {type(filters).__name__}")
     if filters.dim() not in (4, 5):
-        raise ValueError(f"{name}: {expected}; got {shape_str(filters)} "
+        raise ValueError(f"{name}: {expected}, got {shape_str(filters)} "
                          f"({filters.dim()} dimensions)")
     per_channel = filters.dim() == 5
     got = shape_str(filters)
     if filters.shape[0] != B or filters.shape[-2:] != (H, W):
-        raise ValueError(f"{name}: {expected}; got {got}: batch/height/width do not match "
+        raise ValueError(f"{name}: {expected}, got {got}: batch/height/width do not match "
                          f"x of shape {shape_str(x)}")
     if per_channel and filters.shape[1] != C:
-        raise ValueError(f"{name}: {expected}; got {got}: {filters.shape[1]} filter channel groups "
+        raise ValueError(f"{name}: {expected}, got {got}: {filters.shape[1]} filter channel groups "
                          f"for x with C = {C}")
     kk = filters.shape[-3]
     k = odd_window(kk)
     if k is None:
-        raise ValueError(f"{name}: {expected}; got {got}: {kk} is not the square of an odd K")
+        raise ValueError(f"{name}: {expected}, got {got}: {kk} is not the square of an odd K")
     if not filters.is_floating_point():
-        raise ValueError(f"{name}: filters must be floating point; got {filters.dtype} "
-                         f"with shape {got}")
+        raise fail(name, "filters", "a floating-point tensor", filters, shown=f"{filters.dtype} with shape {got}")
     check_same_dtype_device(name, x, filters, "filters")
     check_padding_mode(name, padding_mode)
     p = dilation * (k // 2)
@@ -125,7 +115,7 @@ def pair(name: str, what: str, v: object, minimum: int) -> tuple[int, int]:
     vals = (v, v) if isinstance(v, int) and not isinstance(v, bool) else v
     if (not isinstance(vals, (tuple, list)) or len(vals) != 2
             or not all(isinstance(a, int) and not isinstance(a, bool) and a >= minimum for a in vals)):
-        raise ValueError(f"{name}: {what} must be an int >= {minimum} or a pair of them; got {v!r}")
+        raise fail(name, what, f"an int >= {minimum} or a pair of them", v)
     return int(vals[0]), int(vals[1])
 
 
@@ -140,17 +130,17 @@ def check_dynamic_conv(x: object, weight: object, bias: object, stride: object, 
     name = "dynamic_conv"
     x = check_tensor(name, "x", x, 4)
     B, C, H, W = x.shape
-    g = check_positive_int(name, "groups", groups)
+    g = check_int(name, "groups", groups)
     if C % g:
         raise ValueError(f"{name}: x channels {C} (x shape {shape_str(x)}) must be divisible "
                          f"by groups={g}")
     expected = f"weight must be (B, O, C/groups, kh, kw) = ({B}, O, {C // g}, kh, kw)"
     if not isinstance(weight, Tensor) or weight.dim() != 5:
         got = shape_str(weight) if isinstance(weight, Tensor) else type(weight).__name__
-        raise ValueError(f"{name}: {expected}; got {got}")
+        raise ValueError(f"{name}: {expected}, got {got}")
     Bw, O, Cg, kh, kw = weight.shape
     if Bw != B or Cg != C // g or kh < 1 or kw < 1:
-        raise ValueError(f"{name}: {expected}; got {shape_str(weight)} for x of shape {shape_str(x)}")
+        raise ValueError(f"{name}: {expected}, got {shape_str(weight)} for x of shape {shape_str(x)}")
     if O % g:
         raise ValueError(f"{name}: output channels O={O} (weight shape {shape_str(weight)}) must be "
                          f"divisible by groups={g}")
@@ -158,13 +148,13 @@ def check_dynamic_conv(x: object, weight: object, bias: object, stride: object, 
     if bias is not None:
         if not isinstance(bias, Tensor) or tuple(bias.shape) != (B, O):
             got = shape_str(bias) if isinstance(bias, Tensor) else type(bias).__name__
-            raise ValueError(f"{name}: bias must be (B, O) = ({B}, {O}) or None; got {got}")
+            raise fail(name, "bias", f"(B, O) = ({B}, {O}) or None", bias, shown=got)
         check_same_dtype_device(name, x, bias, "bias")
     s = pair(name, "stride", stride, 1)
     d = pair(name, "dilation", dilation, 1)
     if padding == "same":
         if s != (1, 1):
-            raise ValueError(f"{name}: padding='same' is only defined for stride 1 (as in F.conv2d); "
+            raise ValueError(f"{name}: padding='same' is only defined for stride 1 (as in F.conv2d), "
                              f"got stride={stride!r}")
         th, tw = d[0] * (kh - 1), d[1] * (kw - 1)
         pads = (tw // 2, tw - tw // 2, th // 2, th - th // 2)

@@ -1,4 +1,4 @@
-"""Triton kernel bodies for dynamic local filtering (issue 12); wrapped by ``local_filter_triton``.
+"""Triton kernel bodies for dynamic local filtering; wrapped by ``local_filter_triton``.
 
 These are plain functions: ``local_filter_triton`` passes them through ``triton.jit`` on first use,
 once per value of ``TRITON_INTERPRET`` (Triton reads that variable when a kernel is decorated, so

@@ -1,4 +1,4 @@
-"""Replicate/reflect padding of a frame with a deterministic backward (issue 9).
+"""Replicate/reflect padding of a frame with a deterministic backward.
 
 ``F.pad``'s replicate/reflect backward on CUDA scatters with atomic adds, so it raises under
 ``torch.use_deterministic_algorithms(True)`` (Lightning's ``deterministic=True``). Padding is a

@@ -2,9 +2,9 @@
 
 The result equals ``F.conv2d(x[b:b+1], weight[b], bias[b], ...)`` for each sample b. The fast path
 folds the batch into the channel axis and runs one grouped convolution with ``groups = B·groups``
-(the CondConv / DynamicConv trick, REFERENCE §3): sample b's channels only meet sample b's kernels.
+(the CondConv / DynamicConv trick; docs/generators.md): sample b's channels only meet sample b's kernels.
 Two references: an unfold + einsum form with named axes, and the plain per-sample loop.
-``padding_mode`` ("zeros" default, "replicate", "reflect"; issue 9) says what the kernel reads
+``padding_mode`` ("zeros" default, "replicate", "reflect") says what the kernel reads
 outside the frame, as F.conv2d's module-level ``padding_mode`` does.
 """
 

@@ -3,9 +3,9 @@
     out[b, c, i, j] = Σ_k filters[b, (c,) k, i, j] · x[b, c, i + d·(k//K − K//2), j + d·(k%K − K//2)]
 
 cross-correlation, window ordered row-major exactly like ``F.unfold(x, K, dilation=d,
-padding=d*(K//2))`` (REFERENCE §1). Outside the image the window reads zeros (the paper's choice,
+padding=d*(K//2))`` (De Brabandere et al. 2016; docs/paper.md). Outside the image the window reads zeros (the paper's choice,
 default) or, with ``padding_mode`` "replicate" / "reflect", the edge pixel / the mirrored frame
-(issue 9): then a normalised filter keeps a constant frame constant up to the border.
+(ours): then a normalised filter keeps a constant frame constant up to the border.
 
 Two implementations:
 
@@ -18,7 +18,11 @@ Two implementations:
   float32 working copy for half inputs), i.e. O(size of x + size of filters), and every pass is over
   a frame-sized tensor that stays in cache, which is why it is also much faster on CPU.
 
-CPU caveat: the fast path issues K*K small ops (3·K*K in backward). Each multi-threaded op is an
+  It reads filter plane k as ``filters[:, k]``: right for filters laid out (B, K*K, H, W) in memory.
+  Filters whose K*K axis is the fastest (what a 1x1 conv run in NHWC returns) go to
+  ``dfn.ops.local_filter_taps_last`` instead, which reads them contiguously (same results).
+
+CPU caveat: the offset loop issues K*K small ops (3·K*K in backward). Each multi-threaded op is an
 OpenMP fork/join, so when other processes compete for the cores a descheduled worker thread
 stalls every op; with one intra-op thread (``torch.set_num_threads(1)``) it is immune to that.
 """
@@ -34,6 +38,7 @@ from torch import Tensor
 
 from dfn.ops._checks import PaddingMode, check_local_filter
 from dfn.ops.border import pad_frame
+from dfn.ops.local_filter_taps_last import local_filter_taps_last, taps_last
 
 Backend = Literal["auto", "torch", "triton"]
 BACKENDS: tuple[str, ...] = ("auto", "torch", "triton")
@@ -181,8 +186,9 @@ def local_filter(x: Tensor, filters: Tensor, dilation: int = 1, *,
         padding_mode: what the window reads outside the image: "zeros" (paper, default),
             "replicate" (the nearest edge pixel) or "reflect" (mirrored about the edge pixel;
             needs d·(K//2) < H and < W).
-        backend: "torch" (the loop over offsets below, any device), "triton" (fused kernels of
-            ``dfn.ops.local_filter_triton``; CUDA tensors, or CPU tensors under
+        backend: "torch" (the loop over offsets below, or for filters with the K*K axis fastest
+            in memory the strided-window sum of ``dfn.ops.local_filter_taps_last``; any device),
+            "triton" (fused kernels of ``dfn.ops.local_filter_triton``; CUDA tensors, or CPU tensors under
             ``TRITON_INTERPRET=1``; float32/bfloat16/float16), or "auto" (Triton for CUDA tensors
             of those dtypes when triton is installed, else torch).
 
@@ -208,6 +214,8 @@ def local_filter(x: Tensor, filters: Tensor, dilation: int = 1, *,
         if backend == "triton":
             raise ValueError(f"local_filter: backend='triton' cannot run here: {reason}")
     f = filters if per_channel else filters.unsqueeze(1)  # (B, 1 or C, K*K, H, W)
+    if taps_last(f):  # K*K values of a pixel adjacent in memory (an NHWC conv's output)
+        return local_filter_taps_last(x, f, K, dilation, padding_mode)
     if padding_mode == "zeros":
         return _LocalFilterFunction.apply(x, f, K, dilation, False)
     # Replicate/reflect: one padded copy of x (B, C, H + 2p, W + 2p), then full-frame slices.

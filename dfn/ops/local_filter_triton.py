@@ -1,4 +1,4 @@
-"""Triton backend of dynamic local filtering (issue 12): fused forward and backward kernels.
+"""Triton backend of dynamic local filtering: fused forward and backward kernels.
 
 Same semantics as :func:`dfn.ops.local_filter` (which dispatches here with ``backend="triton"``,
 or ``"auto"`` on CUDA tensors). One kernel per pass, each a loop over the K*K taps on a tile of
