@@ -70,7 +70,7 @@ def test_every_sweep_value_is_accepted_by_the_cli(path, monkeypatch):
             if name == "model.generator":
                 expected = yaml.safe_load(value)
                 assert type(got).__name__ == expected["class_path"].rsplit(".", 1)[-1]
-                parsed = cli.config["model"]["generator"]["init_args"]
+                parsed = cli.config["model"]["init_args"]["generator"]["init_args"]  # model in subclass mode
                 for arg, wanted in expected["init_args"].items():
                     assert (list(parsed[arg]) if isinstance(parsed[arg], tuple) else parsed[arg]) == wanted, arg
             else:
