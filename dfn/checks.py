@@ -24,14 +24,32 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def check_int(owner: str, name: str, value: Any, *, minimum: int = 1, optional: bool = False,
-              meaning: str = "") -> int | None:
-    """`value` as an int >= `minimum` (None too when `optional`), else the shared ValueError."""
+def check_int(owner: str, name: str, value: Any, *, minimum: int = 1, maximum: int | None = None,
+              optional: bool = False, meaning: str = "") -> int | None:
+    """`value` as an int >= `minimum` (and <= `maximum` when given; None too when `optional`), else the
+    shared ValueError."""
     if optional and value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        rule = f"{'None or ' if optional else ''}an integer >= {minimum}"
+    if (isinstance(value, bool) or not isinstance(value, int) or value < minimum
+            or (maximum is not None and value > maximum)):
+        bound = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+        rule = f"{'None or ' if optional else ''}an integer {bound}"
         raise fail(owner, name, rule, value, meaning=meaning)
+    return value
+
+
+def check_odd(owner: str, name: str, value: Any, *, meaning: str = "") -> int:
+    """`value` as a positive odd int (a window with a centre pixel: a kernel size), else the shared ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value % 2 == 0:
+        raise fail(owner, name, "a positive odd integer", value, meaning=meaning)
+    return value
+
+
+def check_bool(owner: str, name: str, value: Any, *, meaning: str = "") -> bool:
+    """`value` if it is True or False (not 0 or 1: a config's ``1`` is a typo for ``true`` here), else the
+    shared ValueError."""
+    if not isinstance(value, bool):
+        raise fail(owner, name, "true or false", value, meaning=meaning)
     return value
 
 

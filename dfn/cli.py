@@ -31,6 +31,7 @@ from dfn.config_errors import BAD_INPUT, ConfigError, config_error, debugging
 from dfn.data.samples import FetchError
 from dfn.evaluation import EvalResult
 from dfn.history import MetricsCSV
+from dfn.metrics import better
 from dfn.module import VideoPrediction
 from dfn.nonfinite import NonFiniteGuard
 from dfn.report import write_report
@@ -90,7 +91,7 @@ class DFNCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val/loss",  # model selection on validation only, never on test
-            "checkpoint.mode": "min",
+            "checkpoint.mode": better("loss"),  # which way val/loss is better: dfn.metrics says
             "checkpoint.save_last": True,  # `fit --ckpt_path <run dir>` resumes from last.ckpt
             "checkpoint.enable_version_counter": False,  # RunGuard refreshes the same last.ckpt: no last-v1.ckpt
             "checkpoint.filename": "best-{epoch:03d}-{step}",
@@ -160,6 +161,9 @@ class DFNCLI(LightningCLI):
             self.trainer.callbacks = [c for c in self.trainer.callbacks if not isinstance(c, VIDEO_CALLBACKS)]
 
     def _run_subcommand(self, subcommand: str) -> None:
+        # Overridden (a private LightningCLI method) because no public hook wraps the trainer call: the
+        # before_/after_<subcommand> hooks run outside it, and a data module's prepare_data/setup errors are
+        # raised inside trainer.fit/test/predict, which only this method surrounds.
         try:
             super()._run_subcommand(subcommand)
         except (*BAD_INPUT, FetchError) as err:  # a data module's files, checked when it prepares them

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from dfn.checks import check_int, check_odd, fail
 from dfn.ops import dynamic_conv, local_filter
 from dfn.ops.softmax_local_filter import softmax_local_filter
 from dfn.ops._checks import PaddingMode, check_padding_mode
@@ -34,15 +35,6 @@ def same_dtype(frame: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
     return frame.to(dtype), weights.to(dtype)
 
 
-def _check_hparams(name: str, kernel_size: int, dilation: int, padding_mode: str) -> None:
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 \
-            or kernel_size % 2 == 0:
-        raise ValueError(f"{name}: kernel_size must be an odd integer >= 1; got {kernel_size!r}")
-    if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
-        raise ValueError(f"{name}: dilation must be an integer >= 1; got {dilation!r}")
-    check_padding_mode(name, padding_mode)
-
-
 class _DynamicFilterLayer(nn.Module):
     """What both dynamic filtering layers share: K, dilation, softmax and dynamic-bias settings."""
 
@@ -50,7 +42,10 @@ class _DynamicFilterLayer(nn.Module):
                  dynamic_bias: bool = False, *, padding_mode: PaddingMode = "zeros") -> None:
         # padding_mode "zeros": the paper's (Moving MNIST's background is black).
         super().__init__()
-        _check_hparams(type(self).__name__, kernel_size, dilation, padding_mode)
+        name = type(self).__name__
+        check_odd(name, "kernel_size", kernel_size)
+        check_int(name, "dilation", dilation)
+        check_padding_mode(name, padding_mode)
         self.kernel_size, self.dilation = kernel_size, dilation
         self.softmax, self.dynamic_bias = softmax, dynamic_bias
         self.padding_mode = padding_mode
@@ -81,9 +76,9 @@ class DynamicLocalFiltering(_DynamicFilterLayer):
         if not isinstance(filters, Tensor) or filters.dim() not in (4, 5) \
                 or filters.shape[-3] != self.filter_channels:
             got = tuple(filters.shape) if isinstance(filters, Tensor) else type(filters).__name__
-            raise ValueError(f"{name}: filters must be (B, {self.filter_channels}, H, W) or "
-                             f"(B, C, {self.filter_channels}, H, W) for kernel_size="
-                             f"{self.kernel_size}, dynamic_bias={self.dynamic_bias}; got {got}")
+            raise fail(name, "filters", f"(B, {self.filter_channels}, H, W) or (B, C, {self.filter_channels}, H, W)",
+                       filters, meaning=f"kernel_size={self.kernel_size}, dynamic_bias={self.dynamic_bias}",
+                       shown=str(got))
         axis = filters.dim() - 3  # the K*K[+1] axis: 1 for shared, 2 for per-channel filters
         weights = filters  # (B, [C,] K*K, H, W); not a narrow(): its backward zero-fills a filter-sized copy
         if self.dynamic_bias:
@@ -110,12 +105,12 @@ class DynamicConvolution(_DynamicFilterLayer):
         name, K = type(self).__name__, self.kernel_size
         if not isinstance(frame, Tensor) or frame.dim() != 4:
             got = tuple(frame.shape) if isinstance(frame, Tensor) else type(frame).__name__
-            raise ValueError(f"{name}: frame must be (B, C, H, W); got {got}")
+            raise fail(name, "frame", "(B, C, H, W)", frame, shown=str(got))
         B, C = frame.shape[:2]
         if not isinstance(filters, Tensor) or tuple(filters.shape) != (B, self.filter_channels):
             got = tuple(filters.shape) if isinstance(filters, Tensor) else type(filters).__name__
-            raise ValueError(f"{name}: filters must be (B, K*K[+1]) = ({B}, {self.filter_channels}) "
-                             f"for frame {tuple(frame.shape)}; got {got}")
+            raise fail(name, "filters", f"(B, K*K[+1]) = ({B}, {self.filter_channels})", filters,
+                       meaning=f"for frame {tuple(frame.shape)}", shown=str(got))
         weights = filters[:, :K * K]  # (B, K*K)
         if self.softmax:
             weights = torch.softmax(weights, dim=1)

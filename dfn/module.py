@@ -104,8 +104,8 @@ class VideoPrediction(L.LightningModule):
                               lr_schedule=lr_schedule, warmup_fraction=warmup_fraction, bce_eps=bce_eps,
                               scheduled_sampling=scheduled_sampling)
         if init_from is not None and (not isinstance(init_from, str) or not init_from.strip()):
-            raise ValueError(f"init_from must be a checkpoint file, a run directory or pretrained:<name> "
-                             f"(python -m dfn.pretrained list), got {init_from!r}")
+            raise fail("VideoPrediction", "init_from", "a checkpoint file, a run directory or pretrained:<name>",
+                       init_from, meaning="python -m dfn.pretrained list names the shipped models")
         # Whether fit still has to load `init_from`: not once weights came from a checkpoint (on_load_checkpoint).
         self.init_pending = init_from is not None
         self.save_hyperparameters()
@@ -131,7 +131,8 @@ class VideoPrediction(L.LightningModule):
         """batch (B, T, C, H, W) -> inputs (B, frames_in, ...), targets (B, frames_out, ...)."""
         expected = self.frames_in + self.frames_out
         if batch.dim() != 5 or batch.shape[1] < expected:
-            raise ValueError(f"batches must be (B, T>={expected}, C, H, W) float in [0, 1]; got {tuple(batch.shape)}")
+            raise fail("VideoPrediction", "batch", f"(B, T>={expected}, C, H, W) float in [0, 1]", batch,
+                       shown=str(tuple(batch.shape)))
         return batch[:, : self.frames_in], batch[:, self.frames_in : expected]
 
     def loss(self, predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -164,7 +165,9 @@ class VideoPrediction(L.LightningModule):
         A pure function of (seed, global step, batch, sample), so a resumed run draws exactly the masks of
         a run never stopped, and no global RNG is touched: a generator seeded from ``seed_everything``'s
         seed (``PL_GLOBAL_SEED``), the global step and the batch index draws the masks of the whole
-        global batch, of which rank r of w takes rows r, r + w, ... (the training shards interleave so).
+        global batch, of which rank r of w takes rows r, r + w, .... Exact for a given number of devices,
+        which is what resume needs; on another number of devices the masks differ, as the training
+        samples themselves do (the generated streams are seeded per rank: dfn.data.common).
         """
         p = self.truth_probability()
         if p <= 0:
@@ -217,8 +220,9 @@ class VideoPrediction(L.LightningModule):
         self.test_result = self.evaluation.result("test", self._test_prefix, monitored_metric(self.loss_name))
         self.log_dict(self.test_result.logged(), sync_dist=False)
 
-    def run_test(self, trainer: L.Trainer, *, datamodule: L.LightningDataModule | None = None, dataloaders=None,
-                 prefix: str = "test", ckpt_path: str | None = None) -> EvalResult:
+    def run_test(self, trainer: L.Trainer, *, datamodule: L.LightningDataModule | None = None,
+                 dataloaders: torch.utils.data.DataLoader | None = None, prefix: str = "test",
+                 ckpt_path: str | None = None) -> EvalResult:
         """Test these weights (or, with `ckpt_path`, that checkpoint's, loaded into this model) on the data
         module's test set (or `dataloaders`), logged under `prefix`; returns the pass's result."""
         self._test_prefix = prefix

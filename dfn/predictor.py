@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from dfn.checks import check_choice, check_int, fail
 from dfn.generators.base import FilterGenerator
 from dfn.generators.initialisation import he_uniform_
 
@@ -84,12 +85,10 @@ class VideoPredictor(nn.Module):
         super().__init__()
         for name, value in dict(channels=channels, buffer_len=buffer_len, encoder_width=encoder_width,
                                 hidden=hidden, decoder_width=decoder_width, features=features).items():
-            if value < 1:
-                raise ValueError(f"VideoPredictor: {name} must be >= 1, got {value}")
-        if layout not in ("moving_mnist", "highway"):
-            raise ValueError(f"VideoPredictor: layout must be 'moving_mnist' or 'highway', got {layout!r}")
-        if untied_input_bias and not image_size:
-            raise ValueError("VideoPredictor: untied_input_bias needs image_size (one bias per pixel)")
+            check_int("VideoPredictor", name, value)
+        check_choice("VideoPredictor", "layout", layout, ("moving_mnist", "highway"))
+        if untied_input_bias:
+            check_int("VideoPredictor", "image_size", image_size, meaning="with untied_input_bias: one bias per pixel")
         self.channels, self.buffer_len, self.hidden = channels, buffer_len, hidden
         e, d = encoder_width, decoder_width
         mnist = layout == "moving_mnist"
@@ -130,11 +129,10 @@ class VideoPredictor(nn.Module):
         if self.input_bias is not None:  # the authors' highway network: one bias per channel and pixel
             if x.shape[-2:] != self.input_bias.shape[-2:]:
                 h, w = self.input_bias.shape[-2:]
-                raise ValueError(
-                    f"VideoPredictor: the untied input bias (the authors' highway network) has one bias per "
-                    f"pixel for {h}x{w} frames; got {tuple(x.shape[-2:])} frames. Predict at "
-                    f"{h}x{w} (data image_size {h}), or train with untied_input_bias: false for a fully "
-                    f"convolutional model")
+                raise fail("VideoPredictor", "frames", f"{h}x{w} with the untied input bias", inputs,
+                           meaning=f"the authors' highway network: one bias per pixel for {h}x{w} frames; predict "
+                                   f"at {h}x{w} (data image_size {h}), or train with untied_input_bias: false for "
+                                   f"a fully convolutional model", shown=f"{tuple(x.shape[-2:])} frames")
             x = x + self.input_bias
         x = self.act(x)
         for conv in self.encoder[1:]:
@@ -201,17 +199,18 @@ class VideoPredictor(nn.Module):
 
     def _check_rollout(self, frames: torch.Tensor, frames_out: int, truth: torch.Tensor | None,
                        feed_truth: torch.Tensor | None) -> None:
+        owner = "VideoPredictor"
         if frames.dim() != 5 or frames.shape[2] != self.channels:
-            raise ValueError(f"VideoPredictor: frames must be (B, T, C={self.channels}, H, W); got {tuple(frames.shape)}")
+            raise fail(owner, "frames", f"(B, T, C={self.channels}, H, W)", frames, shown=str(tuple(frames.shape)))
         if frames.shape[1] < self.buffer_len:
-            raise ValueError(f"VideoPredictor: needs at least buffer_len={self.buffer_len} input frames, "
-                             f"got {frames.shape[1]}")
+            raise fail(owner, "the number of input frames T", f">= buffer_len={self.buffer_len}", frames.shape[1])
         if (truth is None) != (feed_truth is None):
-            raise ValueError("VideoPredictor: scheduled sampling needs both `truth` and `feed_truth`")
+            missing, given = ("feed_truth", "truth") if feed_truth is None else ("truth", "feed_truth")
+            raise fail(owner, missing, f"given with {given}", None, meaning="scheduled sampling needs both")
         if feed_truth is not None and (truth.shape[:2] != (frames.shape[0], frames_out)
                                        or feed_truth.shape != (frames.shape[0], frames_out)):
-            raise ValueError(f"VideoPredictor: truth must be (B, frames_out={frames_out}, C, H, W) and feed_truth "
-                             f"(B, frames_out); got {tuple(truth.shape)} and {tuple(feed_truth.shape)}")
+            raise fail(owner, "truth and feed_truth", f"(B, frames_out={frames_out}, C, H, W) and (B, frames_out)",
+                       truth, shown=f"{tuple(truth.shape)} and {tuple(feed_truth.shape)}")
 
     def forward(self, frames: torch.Tensor, frames_out: int, keep_filters: bool = False, *,
                 truth: torch.Tensor | None = None, feed_truth: torch.Tensor | None = None):

@@ -8,8 +8,10 @@
 #   train    python -m dfn.bench train on the paper's Moving MNIST config: fp32, bf16-mixed, compiled
 #            (default mode, fp32) and compiled with CUDA graphs (reduce-overhead, bf16-mixed)
 #                                                                              -> train_<variant>.json
-#   paper    train.py fit of experiments/moving_mnist/dfn.yaml for the time left, then its test BCE
-#            on DFN_PAPER_TEST_SIZE (default 2000) test sequences              -> paper_summary.json
+#   paper    train.py fit of experiments/moving_mnist/paper_protocol.yaml (data/mnist/ carried; else
+#            dfn.yaml on the embedded digits) for the time left, then its test BCE on
+#            DFN_PAPER_TEST_SIZE (default 2000) test sequences  -> paper_summary.json, paper_metrics.csv,
+#            paper_last.ckpt (final weights), paper_test.gif
 #            (DFN_PAPER_ARGS: extra train.py arguments, e.g. "--trainer.precision bf16-mixed")
 #   compare  python -m dfn.compare experiments/highway/*.yaml --jobs 8 (the table of docs/highway.md) -> compare/
 # Everything goes to $OUT (default ./gpu_out): one log per stage, JSON results, stages.jsonl (rc and
@@ -131,6 +133,14 @@ paper_stage() {
   if [ "$seconds" -lt 30 ]; then echo "paper: only ${seconds}s left for training; skipped"; return 3; fi
   local max_time; max_time=$(printf "00:00:%02d:%02d" $((seconds / 60)) $((seconds % 60)))
   local save=/tmp/dfn_paper; rm -rf "$save"
+  # The authors' protocol (full MNIST, 10,000 test sequences from the MNIST test digits) needs data/mnist/
+  # on this machine: fetch it beforehand (python -m dfn.data.samples fetch mnist) and carry it along.
+  local config=${DFN_PAPER_CONFIG:-experiments/moving_mnist/paper_protocol.yaml}
+  if [ -z "${DFN_PAPER_CONFIG:-}" ] && [ ! -f data/mnist/train-images-idx3-ubyte ]; then
+    echo "paper: data/mnist/ is missing (python -m dfn.data.samples fetch mnist, then carry data/mnist);" \
+         "running $CONFIG on the embedded digits instead: not the authors' protocol"
+    config=$CONFIG
+  fi
   local extra=()
   if [ "$SMOKE" = 1 ]; then
     extra=(--model.encoder_width 4 --model.hidden 8 --model.decoder_width 8 --model.features 8
@@ -138,7 +148,7 @@ paper_stage() {
            --data.init_args.train_batches_per_epoch 2 --data.init_args.val_size 4)
   fi
   echo "paper: training for at most $max_time (max_time), test on ${DFN_PAPER_TEST_SIZE:-2000} sequences"
-  $PY train.py fit --config $CONFIG --trainer.accelerator $DEVICE --trainer.devices 1 \
+  $PY train.py fit --config $config --trainer.accelerator $DEVICE --trainer.devices 1 \
     --trainer.max_time "$max_time" --trainer.enable_progress_bar false \
     --trainer.logger.init_args.save_dir "$save" \
     --data.init_args.val_size ${DFN_PAPER_VAL_SIZE:-512} \
@@ -150,6 +160,9 @@ paper_stage() {
     cp "$summary" "$OUT/paper_summary.json"
     cp "$(dirname "$summary")/config.yaml" "$OUT/paper_config.yaml" 2>/dev/null
     cp "$(dirname "$summary")/gifs/test.gif" "$OUT/paper_test.gif" 2>/dev/null
+    cp "$(dirname "$summary")/metrics.csv" "$OUT/paper_metrics.csv" 2>/dev/null  # the learning curve's data:
+    # python scripts/make_figures.py curve <a folder holding it as metrics.csv>
+    cp "$(dirname "$summary")/checkpoints/last.ckpt" "$OUT/paper_last.ckpt" 2>/dev/null  # the final weights
   fi
   return $rc
 }

@@ -115,7 +115,7 @@ def tables() -> None:
     save(fig, "quickstart_tried.png")
 
 
-def curve(run_dir: Path) -> None:
+def curve(run_dir: Path, title: str | None = None, out: str = "learning_curve.png") -> None:
     """Training BCE (per pixel x pixels = per frame) and validation BCE per frame against copy-last."""
     values: dict[str, list[tuple[int, float]]] = {}
     with open(run_dir / "metrics.csv", newline="") as f:
@@ -132,28 +132,44 @@ def curve(run_dir: Path) -> None:
         if key in values:
             s, v = zip(*values[key])
             ax.plot(s, v, style, color=colour, marker="o", label=name)
+    # For scale: the authors' training curve (their TensorFlow notebook of the paper's full-width network,
+    # lr 1e-4, batch 16; per-pixel training BCE of single batches read off it, x 4096; docs/paper.md) and the
+    # paper's final test figure. Not the same network, learning rate or data as a run here.
+    authors = [(0, 770), (2000, 450), (4000, 410), (6000, 373), (10000, 344), (14000, 324), (18000, 315), (20000, 315)]
+    last = max(steps)
+    shown = [(s_, v_) for s_, v_ in authors if s_ <= 1.05 * last] or authors[:2]
+    ax.plot(*zip(*shown), ":", color=GREY, marker="s", markersize=3,
+            label="authors' training curve (full width, lr 1e-4)")
+    if last >= 15000:
+        ax.axhline(285.2, color=GREY, lw=0.8, label="paper, test 285.2 (20,000 it.)")
     ax.set_yscale("log")
     ax.set_xlabel("iteration")
     ax.set_ylabel("BCE per frame")
-    ax.set_title(f"Learning curve: {run_dir.name}", fontsize=10)
+    ax.set_title(f"Learning curve: {title or run_dir.name}", fontsize=10)
     ax.legend(fontsize=8)
-    save(fig, "learning_curve.png")
+    save(fig, out)
 
 
-def predictions(ckpt: Path, test_size: int) -> None:
+def predictions(ckpt: str, test_size: int, digits: str) -> None:
     """Strip of two test sequences (inputs | truth | prediction) and test BCE per horizon vs copy-last,
     on ``test_size`` Moving MNIST test sequences generated from the embedded test digits (the data module's
-    own test set, seed 0)."""
+    own test set, seed 0) from `digits` ("embedded" or "mnist": the MNIST test digits). `ckpt` is a .ckpt
+    file or ``pretrained:<name>``."""
     import torch
 
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"predictions: checkpoint {ckpt} not found; give a .ckpt of a Moving MNIST run")
+    if not ckpt.startswith("pretrained:") and not Path(ckpt).is_file():
+        raise FileNotFoundError(f"predictions: checkpoint {ckpt} not found; give a .ckpt of a Moving MNIST run "
+                                "or pretrained:<name>")
+    from dfn import pretrained
     from dfn.data import MovingMNIST
     from dfn.metrics import frame_scores
     from dfn.module import VideoPrediction
 
-    model = VideoPrediction.load_from_checkpoint(ckpt, map_location="cpu").eval()
-    data = MovingMNIST(frames_in=model.frames_in, frames_out=model.frames_out, test_size=test_size)
+    if ckpt.startswith("pretrained:"):
+        model = pretrained.load(ckpt.removeprefix("pretrained:")).eval()
+    else:
+        model = VideoPrediction.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    data = MovingMNIST(frames_in=model.frames_in, frames_out=model.frames_out, test_size=test_size, digits=digits)
     data.setup("test")
     batch = torch.as_tensor(np.stack([data.test_set[i] for i in range(test_size)]))  # (N, T, 1, 64, 64)
     inputs, targets = model.split(batch)
@@ -169,7 +185,8 @@ def predictions(ckpt: Path, test_size: int) -> None:
     ax.plot(horizon, copy_bce.numpy(), "o--", color=GREY, label=f"copy last frame (mean {copy_bce.mean():.1f})")
     ax.set_xlabel("predicted frame (horizon)")
     ax.set_ylabel("test BCE per frame")
-    ax.set_title(f"{test_size} Moving MNIST test sequences (embedded digits)", fontsize=10)
+    source = "MNIST test digits" if digits == "mnist" else "embedded digits"
+    ax.set_title(f"{test_size} Moving MNIST test sequences ({source})", fontsize=10)
     ax.legend(fontsize=8)
     save(fig, "horizon.png")
 
@@ -192,11 +209,15 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("tables", help="charts of docs/data/*.csv").set_defaults(run=lambda a: tables())
     p = sub.add_parser("curve", help="learning curve of a run")
     p.add_argument("run_dir", type=Path)
-    p.set_defaults(run=lambda a: curve(a.run_dir))
+    p.add_argument("--title", help="the figure's title (default: the run directory's name)")
+    p.add_argument("--out", default="learning_curve.png", help="file name under docs/figures/")
+    p.set_defaults(run=lambda a: curve(a.run_dir, a.title, a.out))
     p = sub.add_parser("predictions", help="prediction strip and per-horizon curve of a Moving MNIST checkpoint")
-    p.add_argument("ckpt", type=Path)
+    p.add_argument("ckpt", help="a .ckpt file or pretrained:<name>")
     p.add_argument("--test-size", type=int, default=256)
-    p.set_defaults(run=lambda a: predictions(a.ckpt, a.test_size))
+    p.add_argument("--digits", choices=["embedded", "mnist"], default="embedded",
+                   help="the test sequences' digits: the embedded ones or the MNIST test digits")
+    p.set_defaults(run=lambda a: predictions(a.ckpt, a.test_size, a.digits))
     args = parser.parse_args(argv)
     args.run(args)
 

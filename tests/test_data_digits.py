@@ -79,7 +79,7 @@ def test_idx_bytes_round_trip(tmp_path, n):
     assert data == (tmp_path / "mine").read_bytes()
     (tmp_path / "f").write_bytes(data)
     assert np.array_equal(read_idx_images(tmp_path / "f"), images)
-    with pytest.raises(ValueError, match="uint8"):
+    with pytest.raises(ValueError, match=r"idx_bytes: images must be uint8 \(N, rows, cols\), got int16"):
         idx_bytes(images.astype(np.int16))
 
 

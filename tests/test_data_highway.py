@@ -40,7 +40,7 @@ def test_datamodule_batches_and_fixed_test():
     assert torch.equal(torch.cat(list(dm.predict_dataloader())), test[:3])
     val = torch.cat(list(dm.val_dataloader()))
     assert not torch.equal(val[:5], test[:5])
-    with pytest.raises(ValueError, match="num_cars"):
+    with pytest.raises(ValueError, match="SyntheticHighway: num_cars must be an integer >= 0, got -1$"):
         SyntheticHighway(num_cars=-1)
 
 

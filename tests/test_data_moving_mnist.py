@@ -190,11 +190,11 @@ def test_canonical_file_refusals(tmp_path, shape, words):
 
 
 def test_bad_arguments(tmp_path):
-    with pytest.raises(ValueError, match="frames_in"):
+    with pytest.raises(ValueError, match="MovingMNIST: frames_in must be an integer >= 1, got 0$"):
         MovingMNIST(frames_in=0)
-    with pytest.raises(ValueError, match="digits"):
+    with pytest.raises(ValueError, match="MovingMNIST: digits must be one of 'embedded', 'mnist', got 'fashion'$"):
         MovingMNIST(digits="fashion")
-    with pytest.raises(ValueError, match="image_size"):
+    with pytest.raises(ValueError, match=r"MovingMNIST: image_size must be an integer >= 28 \(the digit size\), got 20$"):
         MovingMNIST(image_size=20)
     with pytest.raises(FileNotFoundError, match="nope.npy"):
         MovingMNIST(test_file=str(tmp_path / "nope.npy"))

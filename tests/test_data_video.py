@@ -105,12 +105,16 @@ def test_bad_paths_and_arguments(tmp_path):
     with pytest.raises(ValueError, match="a.txt"):
         VideoFolder(str(tmp_path / "a.txt"))
     write_mp4(tmp_path / "v.mp4")
-    with pytest.raises(ValueError, match="color"):
+    with pytest.raises(ValueError, match="VideoFolder: color must be one of 'gray', 'rgb', got 'bgr'$"):
         VideoFolder(str(tmp_path), color="bgr")
-    with pytest.raises(ValueError, match="frames_in"):
+    with pytest.raises(ValueError, match="VideoFolder: frames_in must be an integer >= 1, got 0$"):
         VideoFolder(str(tmp_path), frames_in=0)
-    with pytest.raises(ValueError, match="stride"):
+    with pytest.raises(ValueError, match="VideoFolder: stride must be an integer >= 1, got 0$"):
         VideoFolder(str(tmp_path), stride=0)
+    with pytest.raises(ValueError, match=r"VideoFolder: val_fraction \+ test_fraction must be < 1 .*got 1\.0$"):
+        VideoFolder(str(tmp_path), val_fraction=0.5, test_fraction=0.5)
+    with pytest.raises(ValueError, match="VideoFolder: path must be a video file or folder when predict_path is null"):
+        VideoFolder(None)
 
 
 def test_every_bad_file_named_in_one_error_or_skipped(tmp_path):
@@ -203,9 +207,9 @@ def test_keep_aspect_predict_path_has_its_own_geometry(tmp_path):
 
 def test_keep_aspect_bad_values(tmp_path):
     path = write_ramp_mp4(tmp_path / "ramp.mp4")
-    with pytest.raises(ValueError, match="keep_aspect needs image_size >= 4"):
+    with pytest.raises(ValueError, match=r"VideoFolder: image_size must be an integer >= 4 \(with keep_aspect.*got 2$"):
         VideoFolder(str(path), image_size=2, keep_aspect=True)
-    with pytest.raises(ValueError, match="keep_aspect must be true or false"):
+    with pytest.raises(ValueError, match="VideoFolder: keep_aspect must be true or false, got 'yes'$"):
         VideoFolder(str(path), keep_aspect="yes")
 
 
@@ -282,7 +286,8 @@ def test_clips_never_span_a_scene_cut(tmp_path, capsys):
 def test_cut_threshold_bad_values_and_empty_split_error(tmp_path):
     path = write_shots_mp4(tmp_path / "v.mp4", [27], frames=30)
     for bad in (-0.1, 1.0, 2, "high", True):
-        with pytest.raises(ValueError, match=r"cut_threshold must be a number in \[0, 1\)"):
+        with pytest.raises(ValueError, match=r"VideoFolder: cut_threshold must be None or a number in \[0, 1\) "
+                                             r"\(mean absolute difference"):
             VideoFolder(str(path), cut_threshold=bad)
     assert VideoFolder(str(path), cut_threshold=0).cut_threshold is None  # 0 turns detection off
     # test split = frames 24..29; the cut at 27 leaves no 5 frames of one shot there

@@ -164,9 +164,10 @@ def test_mix_is_the_coefficient_weighted_sum(shape):
     expected = sum(coefficients[:, n].unsqueeze(1) * (bank[n].view(1, -1, 1, 1) if len(shape) == 4 else bank[n])
                    for n in range(4))  # loop over the bank: (B, V[, H, W])
     torch.testing.assert_close(mix(coefficients, bank), expected)
-    with pytest.raises(ValueError, match=r"coefficients must be \(B, N=4\)"):
+    with pytest.raises(ValueError, match=r"^mix: coefficients must be \(B, N=4\) or \(B, N=4, H, W\) "
+                                         r"\(for a bank of 4 kernels\), got \(3, 5\)$"):
         mix(torch.randn(3, 5), bank)
-    with pytest.raises(ValueError, match=r"bank must be \(N, V\)"):
+    with pytest.raises(ValueError, match=r"^mix: bank must be \(N, V\), got \(1, 4, 10\)$"):
         mix(coefficients, bank[None])
 
 
@@ -274,22 +275,25 @@ def test_gradients_reach_every_generator_parameter(name, channels):
     (lambda: DynamicConv(kernels=0), "DynamicConv: kernels must be an integer >= 1"),
     (lambda: DynamicConv(temperature=0.0), "DynamicConv: temperature must be a number > 0"),
     (lambda: DyNet(degree=-1), "DyNet: degree must be an integer >= 0"),
-    (lambda: DyNet(bank="polynomial", degree=0, identity_init=False), "leaves no basis"),  # softmax drops a constant
-    (lambda: DyNet(bank="polynomial", degree=1), "identity_init with the polynomial bank needs degree >= 2"),
+    (lambda: DyNet(bank="polynomial", degree=0, identity_init=False),  # softmax drops a constant
+     "DyNet: degree must be >= 1 with softmax=True (degree 0 leaves no basis"),
+    (lambda: DyNet(bank="polynomial", degree=1), "DyNet: degree must be >= 2 for identity_init with the polynomial bank"),
     (lambda: DyNet(bank="fixed"), "DyNet: bank must be one of 'learned', 'polynomial', got 'fixed'"),
     (lambda: DyNet(kernels=0), "DyNet: kernels must be an integer >= 1"),
     (lambda: DyNet(kernel_size=1, bank="polynomial", degree=1, softmax=False, identity_init=False),
-     "degree 1 gives 3 bases, more than the 1 values"),
+     "DyNet: degree must be one that gives at most 1 bases (the values of a 1x1 filter; degree 1 gives 3 bases"),
     (lambda: DFN(dilation=0), "DFN: dilation must be an integer >= 1"),
     (lambda: DFN(kernel_size=4), "DFN: kernel_size must be a positive odd integer, got 4"),
-    (lambda: DFN(softmax=False, identity_init=True), "DFN: identity_init needs softmax=True"),
-    (lambda: CondInst(mode="local"), "CondInst: mode must be 'conv'"),
-    (lambda: CondInst(head_layers=0), "CondInst: head_layers must be >= 1"),
-    (lambda: HDFNet(mode="conv"), "HDFNet: mode must be 'local'"),
-    (lambda: HDFNet(dilations=(1, 0)), "HDFNet: dilations must be a non-empty sequence of integers >= 1"),
-    (lambda: DMNet(mode="local"), "DMNet: mode must be 'conv'"),
-    (lambda: DMNet(scales=(1, 4)), "DMNet: scales must be a non-empty sequence of positive odd integers"),
-    (lambda: DMNet(scales=(3, 3)), "DMNet: scales must be distinct"),
+    (lambda: DFN(softmax=False, identity_init=True), "DFN: identity_init must be false unless softmax=True"),
+    (lambda: HDFNet(softmax=False), "HDFNet: identity_init must be false unless softmax=True"),
+    (lambda: CondInst(mode="local"), "CondInst: mode must be 'conv' (one generated head per sample"),
+    (lambda: CondInst(head_layers=0), "CondInst: head_layers must be an integer >= 1, got 0"),
+    (lambda: CondInst(output="tanh"), "CondInst: output must be one of 'sigmoid', 'linear', got 'tanh'"),
+    (lambda: HDFNet(mode="conv"), "HDFNet: mode must be 'local' (its filters are per pixel"),
+    (lambda: HDFNet(dilations=(1, 0)), "HDFNet: dilations must be a non-empty sequence of integers >= 1, got (1, 0)"),
+    (lambda: DMNet(mode="local"), "DMNet: mode must be 'conv' (its filters are per sample"),
+    (lambda: DMNet(scales=(1, 4)), "DMNet: scales must be a non-empty sequence of positive odd integers, got (1, 4)"),
+    (lambda: DMNet(scales=(3, 3)), "DMNet: scales must be distinct, got (3, 3)"),
 ])
 def test_bad_arguments_raise(make, message):
     # The message names the generator, the argument and the problem (a bare ValueError could come from
@@ -315,20 +319,24 @@ def test_temperature_schedule_by_hand():
     assert TemperatureAnnealing().anneal_steps is None  # unknown before the run length is
 
 
-@pytest.mark.parametrize("make", [
-    lambda: TemperatureAnnealing(anneal_steps=100),  # both a fraction (the default) and steps
-    lambda: TemperatureAnnealing(anneal_fraction=None),  # neither
-    lambda: TemperatureAnnealing(anneal_fraction=1.5),
-    lambda: TemperatureAnnealing(anneal_fraction=None, anneal_steps=-1),
-    lambda: TemperatureAnnealing(start=0.0),
+@pytest.mark.parametrize("make, message", [
+    (lambda: TemperatureAnnealing(anneal_steps=100),  # both a fraction (the default) and steps
+     "anneal_steps must be null when anneal_fraction is set, and set when it is null (give exactly one"),
+    (lambda: TemperatureAnnealing(anneal_fraction=None),  # neither
+     "anneal_steps must be null when anneal_fraction is set, and set when it is null (give exactly one"),
+    (lambda: TemperatureAnnealing(anneal_fraction=1.5), "anneal_fraction must be None or a number in [0, 1], got 1.5"),
+    (lambda: TemperatureAnnealing(anneal_fraction=None, anneal_steps=-1),
+     "anneal_steps must be None or an integer >= 0, got -1"),
+    (lambda: TemperatureAnnealing(start=0.0), "start must be a number > 0, got 0.0"),
 ])
-def test_temperature_annealing_bad_arguments(make):
-    with pytest.raises(ValueError, match="TemperatureAnnealing"):
+def test_temperature_annealing_bad_arguments(make, message):
+    with pytest.raises(ValueError, match="^TemperatureAnnealing: " + re.escape(message)):
         make()
 
 
 def test_anneal_fraction_needs_a_finite_run():
-    with pytest.raises(ValueError, match="finite run length"):
+    with pytest.raises(ValueError, match=r"TemperatureAnnealing: the run length must be finite with "
+                                         r"anneal_fraction .*got inf steps$"):
         TemperatureAnnealing().resolve(float("inf"))
 
 
@@ -472,7 +480,8 @@ def test_constant_frame_stays_constant_with_border_padding(cls, kwargs, padding_
 
 
 def test_padding_mode_is_validated_and_reaches_the_layer():
-    with pytest.raises(ValueError, match="padding_mode"):
+    with pytest.raises(ValueError,
+                       match="DFN: padding_mode must be one of 'zeros', 'replicate', 'reflect', got 'circular'$"):
         DFN(padding_mode="circular")
     generator = DFN(kernel_size=3, padding_mode="reflect")
     generator.build(4, 1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -11,13 +13,18 @@ from dfn.ops import local_filter_reference
 LAYERS = [DynamicLocalFiltering, DynamicConvolution]
 
 
+RULES = {"kernel_size": "a positive odd integer", "dilation": "an integer >= 1",
+         "padding_mode": "one of 'zeros', 'replicate', 'reflect'"}
+
+
 @pytest.mark.parametrize("cls", LAYERS)
-@pytest.mark.parametrize("kwargs", [dict(kernel_size=4), dict(kernel_size=0), dict(kernel_size=-3),
-                                    dict(kernel_size=3.0), dict(dilation=0), dict(dilation=1.5),
-                                    dict(padding_mode="circular"), dict(padding_mode=None)])
-def test_constructor_validation(cls, kwargs):
-    with pytest.raises(ValueError):
-        cls(**kwargs)
+@pytest.mark.parametrize("key, value", [("kernel_size", 4), ("kernel_size", 0), ("kernel_size", -3),
+                                        ("kernel_size", 3.0), ("dilation", 0), ("dilation", 1.5),
+                                        ("padding_mode", "circular"), ("padding_mode", None)])
+def test_constructor_validation(cls, key, value):
+    message = f"{cls.__name__}: {key} must be {RULES[key]}, got {value!r}"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        cls(**{key: value})
 
 
 @pytest.mark.parametrize("cls", LAYERS)

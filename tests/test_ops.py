@@ -260,10 +260,11 @@ def test_bad_padding_mode(mode):
 
 def test_reflect_wider_than_frame_raises():
     x = torch.randn(1, 1, 4, 9)
-    with pytest.raises(ValueError, match=r"pad < size.*\(1, 1, 4, 9\)"):
+    with pytest.raises(ValueError, match=r"local_filter: padding_mode must be 'zeros' or 'replicate' here: "
+                                         r"'reflect' needs .*pad < size.*x of shape \(1, 1, 4, 9\).*got 'reflect'$"):
         local_filter(x, torch.randn(1, 9, 4, 9), 4, padding_mode="reflect")  # reaches 4 rows out
     local_filter(x, torch.randn(1, 9, 4, 9), 4, padding_mode="replicate")  # replicate has no limit
-    with pytest.raises(ValueError, match="pad < size"):
+    with pytest.raises(ValueError, match=r"dynamic_conv: padding_mode must be .*\(pad < size\).*got 'reflect'$"):
         dynamic_conv(x, torch.randn(1, 1, 1, 9, 9), padding_mode="reflect")
 
 
@@ -367,7 +368,7 @@ def test_dynamic_conv_half_precision(dtype):
 
 
 def test_dynamic_conv_same_with_stride_raises():
-    with pytest.raises(ValueError, match="stride"):
+    with pytest.raises(ValueError, match=r"dynamic_conv: stride must be 1 with padding='same' \(as in F.conv2d\), got 2$"):
         dynamic_conv(torch.randn(1, 2, 8, 8), torch.randn(1, 2, 2, 3, 3), stride=2)
 
 
@@ -550,3 +551,46 @@ def test_softmax_local_filter_bad_input():
         softmax_local_filter(torch.rand(2, 1, 8, 8), torch.randn(2, 80, 8, 8))
     with pytest.raises(ValueError, match=r"local_filter: filters must be .*floating"):
         softmax_local_filter(torch.rand(2, 1, 8, 8), torch.ones(2, 9, 8, 8, dtype=torch.long))
+
+
+# ---------------------------------------------------------------- one input check per public call
+
+CHECKING_MODULES = ("dfn.ops.local_filter", "dfn.ops.softmax_local_filter", "dfn.ops.local_filter_triton")
+
+
+@pytest.fixture
+def check_calls(monkeypatch) -> list[tuple]:
+    """The arguments of every ``check_local_filter`` call, wherever an operator looks the check up."""
+    import importlib
+
+    from dfn.ops import _checks
+
+    calls: list[tuple] = []
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return _checks.check_local_filter(*args, **kwargs)
+
+    for name in CHECKING_MODULES:
+        monkeypatch.setattr(importlib.import_module(name), "check_local_filter", counting)
+    return calls
+
+
+@pytest.mark.parametrize("op", ["local_filter", "softmax_local_filter", "local_filter_reference"])
+@pytest.mark.parametrize("layout", ["planes", "taps_last"])  # the loop over offsets / the strided windows
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("mode", ["zeros", "replicate"])  # without / with a padded copy of x
+def test_each_public_call_checks_its_inputs_once(check_calls, op, layout, per_channel, mode):
+    """Every CPU path of the filtering operators, forward and backward: one check per public call,
+    and the values of the reference (softmax applied first for softmax_local_filter)."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 6, 5, dtype=torch.float64, requires_grad=True)
+    f = _filters(2, 3, 3, 6, 5, per_channel, dtype=torch.float64)
+    f = (_taps_last(f) if layout == "taps_last" else f).requires_grad_()
+    fn = {"local_filter": local_filter, "softmax_local_filter": softmax_local_filter,
+          "local_filter_reference": local_filter_reference}[op]
+    out = fn(x, f, 2, padding_mode=mode)
+    out.square().sum().backward()
+    assert len(check_calls) == 1, f"{op} checked its inputs {len(check_calls)} times"
+    weights = torch.softmax(f.detach(), dim=f.dim() - 3) if op == "softmax_local_filter" else f.detach()
+    torch.testing.assert_close(out.detach(), local_filter_reference(x.detach(), weights, 2, padding_mode=mode))

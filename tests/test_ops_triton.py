@@ -121,6 +121,37 @@ def test_triton_backend_rejects_float64():
         local_filter(x, f, backend="triton")
 
 
+@pytest.mark.usefixtures("interpret")
+@pytest.mark.parametrize("entry", ["local_filter", "local_filter_triton"])
+def test_triton_path_checks_its_inputs_once(monkeypatch, entry):
+    """local_filter(backend="triton") hands its checked arguments to the kernels' wrapper, which does
+    not check them again (tests/test_ops.py counts the torch paths the same way)."""
+    import importlib
+
+    from dfn.ops import _checks
+
+    # by import_module: `dfn.ops.local_filter` as an attribute is the function, not its module
+    torch_module = importlib.import_module("dfn.ops.local_filter")
+    triton_module = importlib.import_module("dfn.ops.local_filter_triton")
+
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return _checks.check_local_filter(*args, **kwargs)
+
+    for module in (torch_module, triton_module):
+        monkeypatch.setattr(module, "check_local_filter", counting)
+    x, f = torch.rand(1, 2, 4, 5, requires_grad=True), torch.rand(1, 9, 4, 5, requires_grad=True)
+    if entry == "local_filter":
+        out = local_filter(x, f, padding_mode="replicate", backend="triton")
+    else:
+        out = triton_module.local_filter_triton(x, f, padding_mode="replicate")
+    out.sum().backward()
+    assert len(calls) == 1
+    torch.testing.assert_close(out, local_filter_reference(x, f, padding_mode="replicate"))
+
+
 # ---------------------------------------------------------------- CUDA (compiled kernels)
 
 @CUDA

@@ -74,8 +74,9 @@ def test_untied_input_bias_is_per_pixel_and_size_checked():
                                encoder_width=2, hidden=4, decoder_width=4, features=4)
     assert predictor.input_bias.shape == (2, 8, 8) and predictor.encoder[0].bias is None
     assert predictor(torch.rand(1, 2, 1, 8, 8), frames_out=1).shape == (1, 1, 1, 8, 8)
-    with pytest.raises(ValueError, match=r"one bias per pixel for 8x8 frames; got \(16, 16\) frames.*"
-                                         r"image_size 8.*untied_input_bias: false"):
+    with pytest.raises(ValueError, match=r"VideoPredictor: frames must be 8x8 with the untied input bias \(.*"
+                                         r"one bias per pixel for 8x8 frames.*image_size 8.*untied_input_bias: false.*"
+                                         r"got \(16, 16\) frames$"):
         predictor(torch.rand(1, 2, 1, 16, 16), frames_out=1)
 
 
@@ -306,9 +307,11 @@ def test_feeding_the_truth_is_teacher_forcing_per_sample():
 def test_scheduled_sampling_arguments_are_checked():
     model = VideoPredictor(DFN(kernel_size=3), encoder_width=4, hidden=8, decoder_width=8, features=8)
     frames = torch.rand(2, 3, 1, 8, 8)
-    with pytest.raises(ValueError, match="both"):
+    with pytest.raises(ValueError, match=r"VideoPredictor: feed_truth must be given with truth \(scheduled sampling "
+                                         r"needs both\), got None$"):
         model(frames, 2, truth=torch.rand(2, 2, 1, 8, 8))
-    with pytest.raises(ValueError, match="feed_truth"):
+    with pytest.raises(ValueError, match=r"VideoPredictor: truth and feed_truth must be \(B, frames_out=2, C, H, W\) "
+                                         r"and \(B, frames_out\), got \(2, 3, 1, 8, 8\) and \(2, 3\)$"):
         model(frames, 2, truth=torch.rand(2, 3, 1, 8, 8), feed_truth=torch.ones(2, 3, dtype=torch.bool))
 
 
@@ -326,9 +329,9 @@ def test_buffer_and_channels():
     predictor = VideoPredictor(DFN(kernel_size=3, dynamic_bias=True), channels=3, buffer_len=2,
                                encoder_width=4, hidden=8, decoder_width=8, features=8)
     assert predictor(torch.rand(2, 3, 3, 9, 11), frames_out=2).shape == (2, 2, 3, 9, 11)
-    with pytest.raises(ValueError, match="buffer_len=2"):
+    with pytest.raises(ValueError, match="VideoPredictor: the number of input frames T must be >= buffer_len=2, got 1$"):
         predictor(torch.rand(2, 1, 3, 9, 11), frames_out=2)
-    with pytest.raises(ValueError, match=r"\(B, T, C=3, H, W\)"):
+    with pytest.raises(ValueError, match=r"VideoPredictor: frames must be \(B, T, C=3, H, W\), got \(2, 3, 1, 9, 11\)$"):
         predictor(torch.rand(2, 3, 1, 9, 11), frames_out=2)
 
 

@@ -94,16 +94,17 @@ def test_data_is_a_pure_function_of_seed_epoch_and_index():
 
 
 def test_bad_arguments_are_refused_at_construction():
-    with pytest.raises(ValueError, match="source must be 'natural'"):
+    with pytest.raises(ValueError, match="SteerableFilters: source must be one of 'natural', 'random' .*got 'noise'$"):
         SteerableFilters(source="noise")
-    with pytest.raises(ValueError, match="image_size 400 is larger than the smallest photograph"):
+    with pytest.raises(ValueError, match=r"image_size must be an integer in 1\.\.\d+ "
+                                         r"\(the smallest photograph's side.*got 400$"):
         SteerableFilters(image_size=400)
-    with pytest.raises(ValueError, match="test_size must be a positive integer"):
+    with pytest.raises(ValueError, match="test_size must be an integer >= 1, got 0$"):
         SteerableFilters(test_size=0)
-    with pytest.raises(ValueError, match="angle_input must be 'radians'"):
+    with pytest.raises(ValueError, match="angle_input must be one of 'radians', 'centred' .*got 'degrees'$"):
         SteerableFilterTask(angle_input="degrees")
     varying = torch.rand(2, 3, 8, 8)
-    with pytest.raises(ValueError, match="single angle"):
+    with pytest.raises(ValueError, match="the angle map must be a single angle per image .*got maps that vary"):
         SteerableFilterTask.split(varying)
 
 

@@ -84,15 +84,17 @@ def test_parameter_counts_are_the_authors():
 
 
 def test_bad_arguments_are_refused():
-    with pytest.raises(ValueError, match="condition must be 'left'"):
+    with pytest.raises(ValueError, match="condition must be one of 'left', 'both'"):
         StereoPrediction(condition="right")
     with pytest.raises(ValueError, match="dynamic_bias must be true or false"):
         StereoPrediction(dynamic_bias="no")
-    with pytest.raises(ValueError, match="baseline <= 0.3"):
+    with pytest.raises(ValueError, match=r"SyntheticStereo: baseline must be a number in \(0, 0\.307692\] "
+                                         r"\(metres.*got 1\.0$"):
         SyntheticStereo(baseline=1.0)  # disparities beyond the filter's reach
-    with pytest.raises(ValueError, match="beyond the filter's ±6"):
+    with pytest.raises(ValueError, match=r"MiddleburyStereo: offset must be one that puts the disparities "
+                                         r"within the filter's ±6 px.*got 7$"):
         MiddleburyStereo(downscale=2)
-    with pytest.raises(ValueError, match=r"batches must be \(B, 4, H, W\)"):
+    with pytest.raises(ValueError, match=r"StereoPrediction: batch must be \(B, 4, H, W\) .*got \(2, 3, 64, 64\)$"):
         StereoPrediction().training_step(torch.rand(2, 3, 64, 64), 0)
 
 

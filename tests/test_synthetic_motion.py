@@ -151,10 +151,15 @@ def test_nothing_moves_when_motion_is_off():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(color="hsv"), "color"), (dict(image_size=[16]), "image_size"), (dict(image_size=4), "image_size"),
-    (dict(max_speed=-1.0), "max_speed"), (dict(max_layers=9), "max_layers"), (dict(val_size=0), "val_size"),
-    (dict(still_fraction=1.5), "still_fraction"),
-    (dict(val_fraction=0.6, test_fraction=0.5), "val_fraction"), (dict(images="/nonexistent/x"), "no such folder"),
+    (dict(color="hsv"), "SyntheticMotion: color must be one of 'gray', 'rgb', got 'hsv'$"),
+    (dict(image_size=[16]), r"image_size must be an integer >= 8 or \[height, width\] of such, got \[16\]$"),
+    (dict(image_size=4), r"image_size must be an integer >= 8 or \[height, width\] of such, got 4$"),
+    (dict(max_speed=-1.0), r"max_speed must be a number in \[0, 32\], got -1\.0$"),
+    (dict(max_layers=9), r"max_layers must be an integer in 0\.\.8 \(foreground patches\), got 9$"),
+    (dict(val_size=0), "val_size must be an integer >= 1, got 0$"),
+    (dict(still_fraction=1.5), r"still_fraction must be a number in \[0, 1\], got 1\.5$"),
+    (dict(val_fraction=0.6, test_fraction=0.5), r"val_fraction \+ test_fraction must be < 1 \(.*got 1\.1$"),
+    (dict(images="/nonexistent/x"), "no such folder"),
 ])
 def test_bad_arguments_named(kwargs, match):
     with pytest.raises((ValueError, FileNotFoundError), match=match):

@@ -1,4 +1,4 @@
-"""``python -m dfn.bench {ops,data,train,anchors,ab} ...`` — dispatch to the benchmark subcommands.
+"""``python -m dfn.bench {ops,data,train,anchors,ab,guards} ...`` — dispatch to the benchmark subcommands.
 
 Each subcommand module exposes ``add_arguments(parser)`` and ``main(args)``; modules are imported
 lazily so one missing or broken benchmark does not take the others down.
@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "train": ("dfn.bench.train", "one training iteration of a config: s/iter, FLOP/s, fraction of peak"),
     "anchors": ("dfn.bench.anchors", "classical predictors (copy-last, Farneback flow) on a config's test clips"),
     "ab": ("dfn.bench.ab", "this code against another checkout, measured alternately: training iteration or fit"),
+    "guards": ("dfn.bench.guards", "per-step cost of RunGuard and NonFiniteGuard: a fit with and without them"),
 }
 
 

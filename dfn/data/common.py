@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
+from ..checks import check_int, fail
 from ..progress import progress
 
 
@@ -72,12 +73,10 @@ def fixed_sequences(make: Callable[[np.random.Generator, int], np.ndarray], n: i
     return np.concatenate(parts) if parts else make(seed_rng(seed, tag, 0), 0)
 
 
-def check_ints(name: str, checks: tuple[tuple[str, object, int], ...]) -> None:
-    """Raise a ValueError naming `name` and the argument for any ``(key, value, low)`` whose value is not
-    an integer >= low (bools are refused)."""
-    for key, value, low in checks:
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{name}: {key} must be an integer >= {low}, got {value!r}")
+def check_rank(owner: str, rank: object, world_size: object) -> None:
+    """`world_size` an integer >= 1 and `rank` one of 0..world_size - 1 (`dfn.checks`' message shape)."""
+    world = check_int(owner, "world_size", world_size)
+    check_int(owner, "rank", rank, minimum=0, maximum=world - 1, meaning=f"one of the {world} processes")
 
 
 class StridedShard(Sampler[int]):
@@ -87,8 +86,7 @@ class StridedShard(Sampler[int]):
     """
 
     def __init__(self, n: int, rank: int = 0, world_size: int = 1) -> None:
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"StridedShard: need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        check_rank("StridedShard", rank, world_size)
         self.n, self.rank, self.world_size = n, rank, world_size
 
     def __iter__(self) -> Iterator[int]:
@@ -107,10 +105,8 @@ class ShuffledShard(Sampler[int]):
     """
 
     def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"ShuffledShard: need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-        if n < world_size:
-            raise ValueError(f"ShuffledShard: {n} training items cannot be split over {world_size} ranks")
+        check_rank("ShuffledShard", rank, world_size)
+        check_int("ShuffledShard", "n", n, minimum=world_size, meaning="training items, at least one per rank")
         self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
         self.epoch = 0
         self.start = 0  # items of this epoch's shard to skip (a resumed epoch; set by ShuffledLoader)
@@ -260,7 +256,8 @@ class ClipArray(Dataset):
         if clips.ndim == 4:
             clips = clips[:, :, None]  # (N, T, H, W) -> (N, T, 1, H, W)
         if clips.ndim != 5:
-            raise ValueError(f"ClipArray: expected (N,T,H,W) or (N,T,C,H,W), got shape {clips.shape}")
+            raise fail("ClipArray", "clips", "an array (N, T, H, W) or (N, T, C, H, W)", clips,
+                       shown=f"shape {clips.shape}")
         self.clips = clips
 
     def __len__(self) -> int:
@@ -281,8 +278,10 @@ class SeededDataModule(L.LightningDataModule):
 
     def __init__(self, batch_size: int, num_workers: int, seed: int) -> None:
         super().__init__()
-        check_ints(type(self).__name__, (("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
-                                         ("seed", seed, 0)))
+        owner = type(self).__name__
+        check_int(owner, "batch_size", batch_size)
+        check_int(owner, "num_workers", num_workers, minimum=0)
+        check_int(owner, "seed", seed, minimum=0)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -367,8 +366,8 @@ class ClipDataModule(SeededDataModule):
 
     def __init__(self, frames_in: int, frames_out: int, channels: int, image_size: int,
                  batch_size: int, num_workers: int, seed: int) -> None:
-        check_ints(type(self).__name__, (("frames_in", frames_in, 1), ("frames_out", frames_out, 1),
-                                         ("image_size", image_size, 1)))
+        for key, value in (("frames_in", frames_in), ("frames_out", frames_out), ("image_size", image_size)):
+            check_int(type(self).__name__, key, value)
         super().__init__(batch_size, num_workers, seed)
         self.frames_in, self.frames_out = frames_in, frames_out
         self.channels, self.image_size = channels, image_size

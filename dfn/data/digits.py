@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checks import fail
+
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"  # the repository's data/, whatever the current directory
 EMBEDDED_PATH = DATA_DIR / "mnist_embedded.npz"
 MNIST_DIR = DATA_DIR / "mnist"
@@ -60,7 +62,7 @@ def idx_bytes(images: np.ndarray) -> bytes:
     The inverse of ``read_idx_images`` on an uncompressed file.
     """
     if images.dtype != np.uint8 or images.ndim != 3:
-        raise ValueError(f"idx_bytes: images must be uint8 (N, rows, cols), got {images.dtype} {images.shape}")
+        raise fail("idx_bytes", "images", "uint8 (N, rows, cols)", images, shown=f"{images.dtype} {images.shape}")
     # big-endian magic (0, 0, type 0x08 = uint8, 3 dimensions), then the three sizes
     return struct.pack(">IIII", IDX_UBYTE_3D, *images.shape) + np.ascontiguousarray(images).tobytes()
 

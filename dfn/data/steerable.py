@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from ..checks import check_choice, check_int
 from .common import TAG_TEST, TAG_VAL, EpochStream, InfiniteBatches, SeededDataModule, fixed_sequences
 
 KERNEL_SIZE = 9  # paper: 9×9 steerable filter, σ = 1
@@ -156,21 +157,18 @@ class SteerableFilters(SeededDataModule):
     ) -> None:
         super().__init__(batch_size, num_workers, seed)
         name = type(self).__name__
-        if source not in ("natural", "random"):
-            raise ValueError(f"{name}: source must be 'natural' (photo crops) or 'random' (U[0, 1) noise), "
-                             f"got {source!r}")
+        check_choice(name, "source", source, ("natural", "random"),
+                     meaning="'natural': photo crops; 'random': U[0, 1) noise")
         for key, value in (("image_size", image_size), ("train_batches_per_epoch", train_batches_per_epoch),
                            ("val_size", val_size), ("test_size", test_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: {key} must be a positive integer, got {value!r}")
+            check_int(name, key, value)
         self.source, self.image_size, self.channels = source, image_size, 1
         self.train_batches_per_epoch, self.val_size, self.test_size = train_batches_per_epoch, val_size, test_size
         self._photos: dict[str, list[np.ndarray] | None] | None = None
         if source == "natural":
             smallest = min(min(p.shape) for split in self.photos().values() for p in split)
-            if image_size > smallest:
-                raise ValueError(f"{name}: image_size {image_size} is larger than the smallest photograph "
-                                 f"({smallest} px); use image_size <= {smallest} or source='random'")
+            check_int(name, "image_size", image_size, maximum=smallest,
+                      meaning="the smallest photograph's side; or source='random'")
 
     def photos(self) -> dict[str, list[np.ndarray] | None]:
         """{'train', 'val', 'test'}: each split's photographs (None for 'random'), loaded once."""

@@ -38,7 +38,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .common import TAG_TEST, TAG_VAL, SeededDataModule, check_ints, fixed_sequences
+from ..checks import check_int, check_number, fail
+from .common import TAG_TEST, TAG_VAL, SeededDataModule, fixed_sequences
 from .highway import CAM_HEIGHT, FOCAL, render_highway
 
 LEFT, RIGHT, DISPARITY, SGBM = 0, 1, 2, 3  # the channels of a batch
@@ -123,15 +124,15 @@ class SyntheticStereo(SeededDataModule):
                  val_size: int = 128, test_size: int = 256, seed: int = 0, num_workers: int = 0) -> None:
         super().__init__(batch_size, num_workers, seed)
         name = type(self).__name__
-        check_ints(name, (("image_size", image_size, 16), ("num_cars", num_cars, 0),
-                          ("train_batches_per_epoch", train_batches_per_epoch, 1), ("val_size", val_size, 1),
-                          ("test_size", test_size, 1)))
-        # The nearest road row lies at most 70 % of the height (+2 px of camera shake) below the horizon.
-        largest = baseline * (0.70 * image_size + 2) / CAM_HEIGHT if baseline > 0 else 0.0
-        if not baseline > 0 or largest > REACH:
-            raise ValueError(f"{name}: baseline must be > 0 metres and keep the disparity within the filter's "
-                             f"±{REACH} px; baseline {baseline!r} at image_size {image_size} reaches "
-                             f"{largest:.1f} px: use baseline <= {REACH * CAM_HEIGHT / (0.70 * image_size + 2):.3f}")
+        for key, value, low in (("image_size", image_size, 16), ("num_cars", num_cars, 0),
+                                ("train_batches_per_epoch", train_batches_per_epoch, 1), ("val_size", val_size, 1),
+                                ("test_size", test_size, 1)):
+            check_int(name, key, value, minimum=low)
+        # The nearest road row lies at most 70 % of the height (+2 px of camera shake) below the horizon, where
+        # the disparity is baseline * (0.70 * image_size + 2) / CAM_HEIGHT: it must stay within the filter's reach.
+        widest = REACH * CAM_HEIGHT / (0.70 * image_size + 2)
+        check_number(name, "baseline", baseline, low=0, high=widest, low_open=True,
+                     meaning=f"metres; keeps the disparity within the filter's ±{REACH} px at image_size {image_size}")
         self.image_size, self.channels = image_size, 1
         self.make = partial(synthetic_pairs, image_size, float(baseline), grain, curves, shake, num_cars)
         self.train_batches_per_epoch, self.val_size, self.test_size = train_batches_per_epoch, val_size, test_size
@@ -209,18 +210,19 @@ class MiddleburyStereo(SeededDataModule):
                  num_workers: int = 0) -> None:
         super().__init__(batch_size, num_workers, seed)
         name = type(self).__name__
-        check_ints(name, (("downscale", downscale, 1), ("offset", offset, 0), ("image_size", image_size, 16),
-                          ("train_batches_per_epoch", train_batches_per_epoch, 1), ("val_size", val_size, 1)))
+        for key, value, low in (("downscale", downscale, 1), ("offset", offset, 0), ("image_size", image_size, 16),
+                                ("train_batches_per_epoch", train_batches_per_epoch, 1), ("val_size", val_size, 1)):
+            check_int(name, key, value, minimum=low)
         self.pair = motorcycle(downscale)
         H, W = self.pair[0].shape
-        if image_size > H or image_size + offset > W:
-            raise ValueError(f"{name}: crops of image_size {image_size} (+ offset {offset} columns) do not fit "
-                             f"the {H}x{W} scene at downscale {downscale}; use a smaller downscale or image_size")
+        check_int(name, "image_size", image_size, minimum=16, maximum=min(H, W - offset),
+                  meaning=f"crops of the {H}x{W} scene at downscale {downscale}, shifted by offset {offset} columns")
         low, high = np.nanmin(self.pair[2]) - offset, np.nanmax(self.pair[2]) - offset
         if low < -REACH or high > REACH:
-            raise ValueError(f"{name}: at downscale {downscale} and offset {offset} the disparities span "
-                             f"{low:.1f}..{high:.1f} px, beyond the filter's ±{REACH}; choose offset near "
-                             f"{(low + high) / 2 + offset:.0f} and a downscale that makes the span <= {2 * REACH} px")
+            raise fail(name, "offset", f"one that puts the disparities within the filter's ±{REACH} px", offset,
+                       meaning=f"at downscale {downscale} they span {low:.1f}..{high:.1f} px, beyond the filter's "
+                               f"±{REACH}: try offset {(low + high) / 2 + offset:.0f}, or a downscale that makes "
+                               f"the span <= {2 * REACH} px")
         self.downscale, self.offset, self.image_size, self.channels = downscale, offset, image_size, 1
         self.train_batches_per_epoch, self.val_size = train_batches_per_epoch, val_size
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.data import DataLoader
 
+from ..checks import check_choice, check_int, check_number, fail
 from .common import TAG_TEST, TAG_VAL, ClipArray, ClipDataModule, fixed_sequences, to_float_clips
 from .textures import BUILTIN_SPLIT, builtin_image_files, split_image_files, texture_atlas  # noqa: F401
 
@@ -256,27 +257,25 @@ class SyntheticMotion(ClipDataModule):
         num_workers: int = 0,
     ) -> None:
         name = "SyntheticMotion"
-        if color not in ("gray", "rgb"):
-            raise ValueError(f"{name}: color must be 'gray' or 'rgb', got {color!r}")
-        sides = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        check_choice(name, "color", color, ("gray", "rgb"))
+        sides = tuple(image_size) if isinstance(image_size, (list, tuple)) else (image_size, image_size)
         if len(sides) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 8 for s in sides):
-            raise ValueError(f"{name}: image_size must be an integer >= 8 or [height, width] of such, got {image_size!r}")
+            raise fail(name, "image_size", "an integer >= 8 or [height, width] of such", image_size)
         super().__init__(frames_in, frames_out, 1 if color == "gray" else 3, min(sides), batch_size, num_workers, seed)
         for key, value in (("texture_size", texture_size), ("train_batches_per_epoch", train_batches_per_epoch), ("val_size", val_size),
                            ("test_size", test_size), ("predict_size", predict_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: {key} must be a positive integer, got {value!r}")
-        if isinstance(max_layers, bool) or not isinstance(max_layers, int) or not 0 <= max_layers <= 8:
-            raise ValueError(f"{name}: max_layers must be an integer in 0..8 (foreground patches), got {max_layers!r}")
+            check_int(name, key, value)
+        check_int(name, "max_layers", max_layers, minimum=0, maximum=8, meaning="foreground patches")
         for key, value, high in (("max_speed", max_speed, 0.5 * min(sides)), ("max_zoom", max_zoom, 0.2),
                                  ("max_rotation", max_rotation, 30.0), ("still_fraction", still_fraction, 1.0),
                                  ("shake", shake, 5.0),
                                  ("brightness_drift", brightness_drift, 0.2), ("noise", noise, 0.5)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= high:
-                raise ValueError(f"{name}: {key} must be a number in [0, {high:g}], got {value!r}")
-        if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
-            raise ValueError(f"{name}: need 0 < val_fraction, test_fraction and their sum < 1, "
-                             f"got {val_fraction}, {test_fraction}")
+            check_number(name, key, value, low=0, high=high)
+        for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            check_number(name, key, value, low=0, high=1, low_open=True, high_open=True)
+        if val_fraction + test_fraction >= 1:
+            raise fail(name, "val_fraction + test_fraction", "< 1", val_fraction + test_fraction,
+                       meaning="the rest of the images are the training textures")
         self.images, self.color, self.sklearn_images, self.texture_size = images, color, sklearn_images, texture_size
         self.frame_hw: tuple[int, int] = sides
         self.ranges = MotionRanges(max_layers, float(max_speed), float(max_zoom), float(max_rotation),

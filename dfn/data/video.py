@@ -21,6 +21,7 @@ from typing import Literal
 
 from torch.utils.data import DataLoader
 
+from ..checks import check_bool, check_choice, check_int, check_number, fail
 from ..progress import progress
 from .common import ClipDataModule, seed_rng
 from .decoding import VideoClips, aspect_size, count_frames, first_frame_shape, list_videos
@@ -84,36 +85,31 @@ class VideoFolder(ClipDataModule):
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
-        if color not in ("gray", "rgb"):
-            raise ValueError(f"VideoFolder: color must be 'gray' or 'rgb', got {color!r}")
+        owner = "VideoFolder"
+        check_choice(owner, "color", color, ("gray", "rgb"))
         super().__init__(frames_in, frames_out, 1 if color == "gray" else 3, image_size, batch_size, num_workers, seed)
-        if not isinstance(stride, int) or stride < 1:
-            raise ValueError(f"VideoFolder: stride must be a positive integer, got {stride!r}")
-        if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-            raise ValueError(f"VideoFolder: need 0 <= val_fraction, test_fraction and their sum < 1, "
-                             f"got {val_fraction}, {test_fraction}")
-        if not isinstance(predict_size, int) or predict_size < 1:
-            raise ValueError(f"VideoFolder: predict_size must be a positive integer, got {predict_size!r}")
+        check_int(owner, "stride", stride)
+        for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            check_number(owner, key, value, low=0, high=1, high_open=True)
+        if val_fraction + test_fraction >= 1:
+            raise fail(owner, "val_fraction + test_fraction", "< 1", val_fraction + test_fraction,
+                       meaning="the rest of the footage is the training split")
+        check_int(owner, "predict_size", predict_size)
         if path is None and predict_path is None:
-            raise ValueError("VideoFolder: give `path` (videos to train/validate/test on), `predict_path` "
-                             "(videos to predict on), or both")
+            raise fail(owner, "path", "a video file or folder when predict_path is null", path,
+                       meaning="videos to train/validate/test on; predict_path: videos to predict on")
         self.files = list_videos(path) if path is not None else None  # fail early on a wrong path
         self.predict_files = list_videos(predict_path) if predict_path is not None else None
         self.path, self.predict_path, self.color, self.stride = path, predict_path, color, stride
-        if not isinstance(cache_mb, int) or cache_mb < 0:
-            raise ValueError(f"VideoFolder: cache_mb must be an integer >= 0, got {cache_mb!r}")
+        check_int(owner, "cache_mb", cache_mb, minimum=0)
         self.val_fraction, self.test_fraction, self.predict_size = val_fraction, test_fraction, predict_size
         self.cache_mb, self.skip_bad_files = cache_mb, skip_bad_files
-        if not isinstance(keep_aspect, bool):
-            raise ValueError(f"VideoFolder: keep_aspect must be true or false, got {keep_aspect!r}")
-        if keep_aspect and image_size < 4:
-            raise ValueError(f"VideoFolder: keep_aspect needs image_size >= 4 (sides are multiples of 4), got {image_size}")
-        self.keep_aspect = keep_aspect
-        if cut_threshold is not None and (isinstance(cut_threshold, bool) or not isinstance(cut_threshold, (int, float))
-                                          or not 0 <= cut_threshold < 1):
-            raise ValueError(f"VideoFolder: cut_threshold must be a number in [0, 1) (mean absolute difference "
-                             f"between consecutive frames that counts as a scene cut; 0 or null turns cut "
-                             f"detection off), got {cut_threshold!r}")
+        self.keep_aspect = check_bool(owner, "keep_aspect", keep_aspect)
+        if keep_aspect:
+            check_int(owner, "image_size", image_size, minimum=4, meaning="with keep_aspect: sides are multiples of 4")
+        check_number(owner, "cut_threshold", cut_threshold, low=0, high=1, high_open=True, optional=True,
+                     meaning="mean absolute difference between consecutive frames that counts as a scene cut; "
+                             "0 or null turns cut detection off")
         self.cut_threshold = float(cut_threshold) if cut_threshold else None  # None: detection off
         self._cuts: dict[Path, list[int]] = {}  # file -> sorted first frames of its shots (decoding: once)
         self._frame_sizes: dict[bool, tuple[int, int]] = {}
@@ -227,7 +223,8 @@ class VideoFolder(ClipDataModule):
         only_predicting = stage == "predict" and self.predict_files is not None
         if self.train_set is None and not only_predicting:
             if self.files is None:
-                raise ValueError(f"VideoFolder: stage {stage!r} needs `path` (videos to train/validate/test on)")
+                raise fail("VideoFolder", "path", f"a video file or folder for stage {stage!r}", None,
+                           meaning="videos to train/validate/test on")
             self.files = self._probe(self.files, "training/validation/test")
             splits = self.split_clips()
             counts = self._counts(self.files)

@@ -17,11 +17,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from dfn.checks import check_choice, check_int, check_positive, fail  # the generators' checks, re-exported
+from dfn.checks import check_choice, check_int, check_odd, check_positive, fail  # the generators' checks, re-exported
 from dfn.layers import DynamicConvolution, DynamicLocalFiltering
 from dfn.ops import PADDING_MODES, PaddingMode
 
-__all__ = ["FilterGenerator", "Mode", "check_choice", "check_int", "check_positive", "pooled"]
+__all__ = ["FilterGenerator", "Mode", "check_choice", "check_int", "check_odd", "check_positive", "fail", "pooled"]
 
 Mode = Literal["local", "conv"]
 
@@ -49,8 +49,7 @@ class FilterGenerator(nn.Module):
     def __init__(self, kernel_size: int = 9, mode: Mode = "local", padding_mode: PaddingMode = "zeros") -> None:
         super().__init__()
         name = type(self).__name__
-        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-            raise fail(name, "kernel_size", "a positive odd integer", kernel_size)
+        check_odd(name, "kernel_size", kernel_size)
         check_choice(name, "mode", mode, ("local", "conv"))
         check_choice(name, "padding_mode", padding_mode, PADDING_MODES)
         self.kernel_size = kernel_size

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfn.checks import check_choice, check_int, fail
 from dfn.generators.base import FilterGenerator, Mode, pooled
 from dfn.layers import same_dtype
 from dfn.ops import dynamic_conv
@@ -66,7 +67,7 @@ class HeadFiltering(nn.Module):
 
     def forward(self, frame: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         if params.dim() != 2 or params.shape[1] != self.num_params:
-            raise ValueError(f"HeadFiltering: params must be (B, {self.num_params}), got {tuple(params.shape)}")
+            raise fail("HeadFiltering", "params", f"(B, {self.num_params})", params, shown=str(tuple(params.shape)))
         B = frame.shape[0]
         x = torch.cat([frame, coordinate_channels(frame)], dim=1) if self.coordinates else frame  # (B, C[+2], H, W)
         chunks = torch.split(params, self.weight_sizes + self.bias_sizes, dim=1)
@@ -97,17 +98,13 @@ class CondInst(FilterGenerator):
         output: Literal["sigmoid", "linear"] = "sigmoid",  # CondInst: sigmoid on the mask logits
     ) -> None:
         if mode != "conv":
-            raise ValueError(
-                f"CondInst: mode must be 'conv' (one generated head per sample, as CondInst makes one per "
-                f"instance); got {mode!r}. A per-pixel head is not CondInst — use DFN, CondConv, "
-                f"DynamicConv or DyNet for mode='local'.")
+            raise fail("CondInst", "mode", "'conv'", mode,
+                       meaning="one generated head per sample, as CondInst makes one per instance; a per-pixel "
+                               "head is not CondInst: use DFN, CondConv, DynamicConv or DyNet for mode='local'")
         super().__init__(kernel_size=1, mode=mode)  # the head's convs are 1x1
-        if head_channels < 1:
-            raise ValueError(f"CondInst: head_channels must be >= 1, got {head_channels}")
-        if head_layers < 1:
-            raise ValueError(f"CondInst: head_layers must be >= 1, got {head_layers}")
-        if output not in ("sigmoid", "linear"):
-            raise ValueError(f"CondInst: output must be 'sigmoid' or 'linear', got {output!r}")
+        check_int("CondInst", "head_channels", head_channels)
+        check_int("CondInst", "head_layers", head_layers)
+        check_choice("CondInst", "output", output, ("sigmoid", "linear"))
         self.head_channels, self.head_layers = head_channels, head_layers
         self.coordinates, self.output = coordinates, output
 

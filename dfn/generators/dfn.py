@@ -12,7 +12,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from dfn.generators.base import FilterGenerator, Mode, check_choice, check_int, check_positive, pooled
+from dfn.generators.base import FilterGenerator, Mode, check_choice, check_int, check_positive, fail, pooled
 from dfn.ops import PaddingMode
 from dfn.generators.initialisation import IDENTITY_WEIGHT_SCALE, he_uniform_, identity_head_
 
@@ -53,7 +53,8 @@ class DFN(FilterGenerator):
         super().__init__(kernel_size, mode, padding_mode)
         check_int("DFN", "dilation", dilation)
         if identity_init and not softmax:
-            raise ValueError("DFN: identity_init needs softmax=True (the centre logit only wins under softmax)")
+            raise fail("DFN", "identity_init", "false unless softmax=True", identity_init,
+                       meaning="the centre logit only wins under softmax")
         self.dilation, self.softmax, self.dynamic_bias = dilation, softmax, dynamic_bias
         check_positive("DFN", "identity_weight_scale", identity_weight_scale, maximum=1,
                        meaning="the head's starting weights as a fraction of their He bound")

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from einops import rearrange, reduce
 from torch import nn
 
+from dfn.checks import fail
 from dfn.generators.base import FilterGenerator, Mode, pooled
 from dfn.generators.initialisation import he_uniform_
 from dfn.layers import same_dtype
@@ -49,13 +50,14 @@ class MultiScaleFiltering(nn.Module):
     def forward(self, frame: torch.Tensor, filters: tuple[tuple[torch.Tensor, ...], torch.Tensor]) -> torch.Tensor:
         kernels, branch_logits = filters
         if len(kernels) != len(self.scales):
-            raise ValueError(f"MultiScaleFiltering: expected {len(self.scales)} kernels, got {len(kernels)}")
+            raise fail("MultiScaleFiltering", "kernels", f"{len(self.scales)} tensors, one per scale", kernels,
+                       shown=f"{len(kernels)}")
         weights = torch.softmax(branch_logits, dim=1)  # (B, S): convex weights over the scales
         branches = []
         for kernel, k in zip(kernels, self.scales):
             if kernel.shape[-2:] != (k, k):
-                raise ValueError(f"MultiScaleFiltering: scale {k} needs (B, C, {k}, {k}) kernels, "
-                                 f"got {tuple(kernel.shape)}")
+                raise fail("MultiScaleFiltering", f"the scale-{k} kernel", f"(B, C, {k}, {k})", kernel,
+                           shown=str(tuple(kernel.shape)))
             if self.softmax:
                 kernel = rearrange(torch.softmax(rearrange(kernel, "b c kh kw -> b c (kh kw)"), dim=-1),
                                    "b c (kh kw) -> b c kh kw", kh=k)  # (B, C, k, k), each sums to 1
@@ -80,13 +82,14 @@ class DMNet(FilterGenerator):
         padding_mode: PaddingMode = "zeros",  # paper (black background); replicate/reflect for natural video
     ) -> None:
         if mode != "conv":
-            raise ValueError(f"DMNet: mode must be 'conv' (its filters are per sample); got {mode!r}. "
-                             f"For per-pixel multi-dilation filters use HDFNet.")
-        scales = tuple(scales)
-        if not scales or any(not isinstance(k, int) or k < 1 or k % 2 == 0 for k in scales):
-            raise ValueError(f"DMNet: scales must be a non-empty sequence of positive odd integers, got {scales!r}")
+            raise fail("DMNet", "mode", "'conv'", mode,
+                       meaning="its filters are per sample; for per-pixel multi-dilation filters use HDFNet")
+        scales = tuple(scales) if isinstance(scales, (list, tuple)) else scales
+        if (not isinstance(scales, tuple) or not scales
+                or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0 for k in scales)):
+            raise fail("DMNet", "scales", "a non-empty sequence of positive odd integers", scales)
         if len(set(scales)) != len(scales):
-            raise ValueError(f"DMNet: scales must be distinct, got {scales!r}")
+            raise fail("DMNet", "scales", "distinct", scales)
         super().__init__(kernel_size=max(scales), mode=mode, padding_mode=padding_mode)
         self.scales, self.softmax = scales, softmax
 

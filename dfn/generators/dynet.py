@@ -35,6 +35,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from dfn.checks import fail
 from dfn.generators.base import Mode, check_choice, check_int, pooled
 from dfn.ops import PaddingMode
 from dfn.generators.initialisation import CENTRE_WEIGHT, IDENTITY_WEIGHT_SCALE, he_uniform_
@@ -56,13 +57,14 @@ def polynomial_bases(kernel_size: int, degree: int, constant: bool = True) -> to
     monomials = [x**p * y**q for total in range(degree + 1) for q in range(total + 1) for p in [total - q]]
     a = torch.stack(monomials, dim=1)  # (K*K, n)
     if a.shape[1] > a.shape[0]:
-        raise ValueError(f"DyNet: degree {degree} gives {a.shape[1]} bases, more than the "
-                         f"{a.shape[0]} values of a {kernel_size}x{kernel_size} filter")
+        raise fail("DyNet", "degree", f"one that gives at most {a.shape[0]} bases", degree,
+                   meaning=f"the values of a {kernel_size}x{kernel_size} filter; degree {degree} gives "
+                           f"{a.shape[1]} bases, more than the {a.shape[0]} values")
     q, rr = torch.linalg.qr(a)  # Gram–Schmidt in monomial order
     q = q * torch.sign(torch.diagonal(rr))  # positive diagonal: a unique, deterministic basis
     if torch.diagonal(rr).abs().min() < 1e-9:
-        raise ValueError(f"DyNet: degree {degree} polynomials are linearly dependent on a "
-                         f"{kernel_size}x{kernel_size} window; lower the degree")
+        raise fail("DyNet", "degree", f"low enough for independent polynomials on a {kernel_size}x{kernel_size} "
+                   "window", degree, meaning="these are linearly dependent: lower the degree")
     bases = (q.T * kernel_size).float()  # (n, K*K), each row with RMS 1 per entry
     return bases if constant else bases[1:]
 
@@ -93,11 +95,11 @@ class DyNet(KernelMixture):
         check_int("DyNet", "degree", degree, minimum=0)
         check_int("DyNet", "reduction", reduction)
         if bank == "polynomial" and softmax and degree == 0:
-            raise ValueError("DyNet: degree 0 with softmax=True leaves no basis (softmax ignores a constant "
-                             "filter); use degree >= 1 or softmax=False")
+            raise fail("DyNet", "degree", ">= 1 with softmax=True", degree,
+                       meaning="degree 0 leaves no basis: softmax ignores a constant filter; or softmax=False")
         if bank == "polynomial" and identity_init and degree < 2:
-            raise ValueError(f"DyNet: identity_init with the polynomial bank needs degree >= 2 (a narrow "
-                             f"centred Gaussian); got degree={degree}. Set identity_init: false or raise degree")
+            raise fail("DyNet", "degree", ">= 2 for identity_init with the polynomial bank", degree,
+                       meaning="a narrow centred Gaussian; or identity_init: false")
         bases = polynomial_bases(kernel_size, degree, constant=not softmax) if bank == "polynomial" else None
         size = kernels if bases is None else bases.shape[0] + int(dynamic_bias)
         super().__init__(kernel_size, mode, size, dilation, softmax, dynamic_bias, identity_init,

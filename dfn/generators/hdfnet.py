@@ -32,6 +32,7 @@ import torch
 from einops import rearrange, reduce
 from torch import nn
 
+from dfn.checks import fail
 from dfn.generators.base import FilterGenerator, Mode
 from dfn.generators.initialisation import IDENTITY_WEIGHT_SCALE, centre_tap, he_uniform_, identity_logit
 from dfn.layers import same_dtype
@@ -55,8 +56,8 @@ class MultiDilationFiltering(nn.Module):
         kernels, branch_logits = filters
         D = len(self.dilations)
         if kernels.dim() != 6 or kernels.shape[1] != D or kernels.shape[3] != self.kernel_size**2:
-            raise ValueError(f"MultiDilationFiltering: filters must be (B, {D}, C, {self.kernel_size**2}, H, W), "
-                             f"got {tuple(kernels.shape)}")
+            raise fail("MultiDilationFiltering", "filters", f"(B, {D}, C, {self.kernel_size**2}, H, W)", kernels,
+                       shown=str(tuple(kernels.shape)))
         if self.softmax:
             kernels = torch.softmax(kernels, dim=3)  # over the window: each branch is a convex combination
         weights = torch.softmax(branch_logits, dim=1)  # (B, D, H, W): convex weights over the branches
@@ -82,14 +83,16 @@ class HDFNet(FilterGenerator):
         padding_mode: PaddingMode = "zeros",  # paper (black background); replicate/reflect for natural video
     ) -> None:
         if identity_init and not softmax:
-            raise ValueError("HDFNet: identity_init needs softmax=True (the centre logit only wins under softmax)")
+            raise fail("HDFNet", "identity_init", "false unless softmax=True", identity_init,
+                       meaning="the centre logit only wins under softmax")
         if mode != "local":
-            raise ValueError(f"HDFNet: mode must be 'local' (its filters are per pixel); got {mode!r}. "
-                             f"For per-sample multi-scale filters use DMNet.")
+            raise fail("HDFNet", "mode", "'local'", mode,
+                       meaning="its filters are per pixel; for per-sample multi-scale filters use DMNet")
         super().__init__(kernel_size, mode, padding_mode)
-        dilations = tuple(dilations)
-        if not dilations or any(not isinstance(d, int) or d < 1 for d in dilations):
-            raise ValueError(f"HDFNet: dilations must be a non-empty sequence of integers >= 1, got {dilations!r}")
+        dilations = tuple(dilations) if isinstance(dilations, (list, tuple)) else dilations
+        if (not isinstance(dilations, tuple) or not dilations
+                or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dilations)):
+            raise fail("HDFNet", "dilations", "a non-empty sequence of integers >= 1", dilations)
         self.dilations, self.softmax, self.identity_init = dilations, softmax, identity_init
 
     def _build(self, features: int, channels: int) -> None:

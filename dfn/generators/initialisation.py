@@ -19,14 +19,15 @@ import math
 import torch
 from torch import nn
 
+from dfn.checks import check_int
+
 CENTRE_WEIGHT = 0.99  # ours: the identity start keeps 1 % of the mass off-centre, so every tap learns
 IDENTITY_WEIGHT_SCALE = 0.01  # ours: the identity-start head's weights, relative to their He bound
 
 
 def he_bound(fan_in: int) -> float:
     """Lasagne HeUniform(gain=1) bound √(3 / fan_in) (the DFN authors' code; docs/paper.md)."""
-    if fan_in < 1:
-        raise ValueError(f"he_bound: fan_in must be >= 1, got {fan_in}")
+    check_int("he_bound", "fan_in", fan_in)
     return math.sqrt(3.0 / fan_in)
 
 

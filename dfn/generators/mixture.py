@@ -21,7 +21,7 @@ import torch
 from einops import einsum
 from torch import nn
 
-from dfn.generators.base import FilterGenerator, Mode, check_int
+from dfn.generators.base import FilterGenerator, Mode, check_int, fail
 from dfn.ops import PaddingMode
 from dfn.generators.initialisation import IDENTITY_WEIGHT_SCALE, centre_tap, identity_logit
 
@@ -33,11 +33,12 @@ def mix(coefficients: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     Returns (B, V) or (B, V, H, W). Linear in both arguments.
     """
     if not isinstance(bank, torch.Tensor) or bank.dim() != 2:
-        raise ValueError(f"mix: bank must be (N, V), got {_shape(bank)}")
+        raise fail("mix", "bank", "(N, V)", bank, shown=str(_shape(bank)))
     if not isinstance(coefficients, torch.Tensor) or coefficients.dim() not in (2, 4) \
             or coefficients.shape[1] != bank.shape[0]:
-        raise ValueError(f"mix: coefficients must be (B, N={bank.shape[0]}) or (B, N={bank.shape[0]}, H, W) "
-                         f"for a bank of {bank.shape[0]} kernels; got {_shape(coefficients)}")
+        N = bank.shape[0]
+        raise fail("mix", "coefficients", f"(B, N={N}) or (B, N={N}, H, W)", coefficients,
+                   meaning=f"for a bank of {N} kernels", shown=str(_shape(coefficients)))
     if coefficients.dim() == 4:
         return einsum(coefficients, bank, "b n h w, n v -> b v h w")  # (B, V, H, W)
     return einsum(coefficients, bank, "b n, n v -> b v")  # (B, V)
@@ -53,7 +54,7 @@ def normalise_taps(bank: torch.Tensor, taps: int) -> torch.Tensor:
     bank (N, V) -> (N, V); each row's first ``taps`` values are >= 0 and sum to 1.
     """
     if bank.dim() != 2 or not 1 <= taps <= bank.shape[1]:
-        raise ValueError(f"normalise_taps: bank must be (N, V >= {taps}), got {_shape(bank)}")
+        raise fail("normalise_taps", "bank", f"(N, V >= {taps})", bank, shown=str(_shape(bank)))
     return torch.cat([torch.softmax(bank[:, :taps], dim=1), bank[:, taps:]], dim=1)  # (N, V)
 
 

@@ -27,6 +27,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from dfn.checks import check_int, check_number, check_positive, fail
+
 
 def annealed_temperature(step: int, start: float, end: float, anneal_steps: int) -> float:
     """τ at optimizer step ``step``: linear from ``start`` (step 0) to ``end`` (step ``anneal_steps``), then flat."""
@@ -73,16 +75,14 @@ class TemperatureAnnealing(L.Callback):
         anneal_fraction: float | None = 0.1,  # DynamicConv paper: the first 10 of 100 epochs
         anneal_steps: int | None = None,  # a fixed length instead (then set anneal_fraction: null)
     ) -> None:
-        if not (start > 0 and end > 0):
-            raise ValueError(f"TemperatureAnnealing: start and end must be > 0, got start={start}, end={end}")
+        owner = "TemperatureAnnealing"
+        check_positive(owner, "start", start)
+        check_positive(owner, "end", end)
         if (anneal_fraction is None) == (anneal_steps is None):
-            raise ValueError(f"TemperatureAnnealing: give exactly one of anneal_fraction and anneal_steps "
-                             f"(set the other to null); got anneal_fraction={anneal_fraction}, "
-                             f"anneal_steps={anneal_steps}")
-        if anneal_fraction is not None and not 0.0 <= anneal_fraction <= 1.0:
-            raise ValueError(f"TemperatureAnnealing: anneal_fraction must be in [0, 1], got {anneal_fraction}")
-        if anneal_steps is not None and (isinstance(anneal_steps, bool) or anneal_steps < 0):
-            raise ValueError(f"TemperatureAnnealing: anneal_steps must be >= 0, got {anneal_steps}")
+            raise fail(owner, "anneal_steps", "null when anneal_fraction is set, and set when it is null",
+                       anneal_steps, meaning=f"give exactly one of the two; anneal_fraction is {anneal_fraction}")
+        check_number(owner, "anneal_fraction", anneal_fraction, low=0, high=1, optional=True)
+        check_int(owner, "anneal_steps", anneal_steps, minimum=0, optional=True)
         self.start, self.end = start, end
         self.anneal_fraction, self.anneal_steps = anneal_fraction, anneal_steps
 
@@ -90,9 +90,9 @@ class TemperatureAnnealing(L.Callback):
         """Fix ``anneal_steps`` from the run's total optimizer steps (with ``anneal_fraction``); returns it."""
         if self.anneal_fraction is not None:
             if not math.isfinite(total_steps) or total_steps < 1:
-                raise ValueError(f"TemperatureAnnealing: anneal_fraction={self.anneal_fraction} needs a finite "
-                                 f"run length (trainer.max_steps or max_epochs); got {total_steps} steps. "
-                                 f"Set anneal_steps instead")
+                raise fail("TemperatureAnnealing", "the run length", "finite with anneal_fraction", total_steps,
+                           meaning=f"anneal_fraction={self.anneal_fraction} of trainer.max_steps or max_epochs; "
+                                   "set anneal_steps instead", shown=f"{total_steps} steps")
             self.anneal_steps = round(self.anneal_fraction * total_steps)
         return self.anneal_steps
 

@@ -50,11 +50,11 @@ def check_tensor(name: str, what: str, t: object, dims: int | tuple[int, ...]) -
 def check_same_dtype_device(name: str, x: Tensor, other: Tensor, what: str) -> None:
     """``other`` must share ``x``'s dtype and device (we never silently cast generated filters)."""
     if other.dtype != x.dtype:
-        raise ValueError(f"{name}: {what} dtype {other.dtype} (shape {shape_str(other)}) must match "
-                         f"x dtype {x.dtype} (shape {shape_str(x)})")
+        raise fail(name, what, f"{x.dtype} like x", other, meaning=f"x of shape {shape_str(x)}",
+                   shown=f"{other.dtype} with shape {shape_str(other)}")
     if other.device != x.device:
-        raise ValueError(f"{name}: {what} is on {other.device} (shape {shape_str(other)}) but x is on "
-                         f"{x.device} (shape {shape_str(x)})")
+        raise fail(name, what, f"on {x.device} like x", other, meaning=f"x of shape {shape_str(x)}",
+                   shown=f"{other.device} with shape {shape_str(other)}")
 
 
 def check_padding_mode(name: str, padding_mode: object) -> str:
@@ -66,10 +66,10 @@ def check_reflect_fits(name: str, padding_mode: str, pad_h: int, pad_w: int, x: 
     """Reflect padding mirrors about the edge pixel, so it needs pad < size along each axis."""
     H, W = x.shape[-2:]
     if padding_mode == "reflect" and (pad_h >= H or pad_w >= W):
-        raise ValueError(f"{name}: padding_mode='reflect' needs the padding to be smaller than the "
-                         f"frame (pad < size); the window reaches {pad_h} rows and {pad_w} columns "
-                         f"beyond the edge but x of shape {shape_str(x)} is {H}x{W}. Use "
-                         f"'replicate', or a smaller kernel or dilation")
+        raise fail(name, "padding_mode", "'zeros' or 'replicate' here: 'reflect' needs the padding smaller than "
+                   "the frame (pad < size)", padding_mode,
+                   meaning=f"the window reaches {pad_h} rows and {pad_w} columns beyond the edge of x of shape "
+                           f"{shape_str(x)}; or use a smaller kernel or dilation")
 
 
 def check_local_filter(x: object, filters: object, dilation: object,
@@ -82,25 +82,23 @@ def check_local_filter(x: object, filters: object, dilation: object,
     x = check_tensor(name, "x", x, 4)
     check_int(name, "dilation", dilation)
     B, C, H, W = x.shape
-    expected = (f"filters must be (B, K*K, H, W) = ({B}, K*K, {H}, {W}) "
-                f"or (B, C, K*K, H, W) = ({B}, {C}, K*K, {H}, {W})")
+    expected = f"(B, K*K, H, W) = ({B}, K*K, {H}, {W}) or (B, C, K*K, H, W) = ({B}, {C}, K*K, {H}, {W})"
     if not isinstance(filters, Tensor):
-        raise ValueError(f"{name}: {expected}, got {type(filters).__name__}")
-    if filters.dim() not in (4, 5):
-        raise ValueError(f"{name}: {expected}, got {shape_str(filters)} "
-                         f"({filters.dim()} dimensions)")
-    per_channel = filters.dim() == 5
+        raise fail(name, "filters", expected, filters, shown=type(filters).__name__)
     got = shape_str(filters)
+    if filters.dim() not in (4, 5):
+        raise fail(name, "filters", expected, filters, shown=f"{got} ({filters.dim()} dimensions)")
+    per_channel = filters.dim() == 5
     if filters.shape[0] != B or filters.shape[-2:] != (H, W):
-        raise ValueError(f"{name}: {expected}, got {got}: batch/height/width do not match "
-                         f"x of shape {shape_str(x)}")
+        raise fail(name, "filters", expected, filters,
+                   shown=f"{got}: batch/height/width do not match x of shape {shape_str(x)}")
     if per_channel and filters.shape[1] != C:
-        raise ValueError(f"{name}: {expected}, got {got}: {filters.shape[1]} filter channel groups "
-                         f"for x with C = {C}")
+        raise fail(name, "filters", expected, filters, shown=f"{got}: {filters.shape[1]} filter channel groups "
+                                                             f"for x with C = {C}")
     kk = filters.shape[-3]
     k = odd_window(kk)
     if k is None:
-        raise ValueError(f"{name}: {expected}, got {got}: {kk} is not the square of an odd K")
+        raise fail(name, "filters", expected, filters, shown=f"{got}: {kk} is not the square of an odd K")
     if not filters.is_floating_point():
         raise fail(name, "filters", "a floating-point tensor", filters, shown=f"{filters.dtype} with shape {got}")
     check_same_dtype_device(name, x, filters, "filters")
@@ -132,18 +130,17 @@ def check_dynamic_conv(x: object, weight: object, bias: object, stride: object, 
     B, C, H, W = x.shape
     g = check_int(name, "groups", groups)
     if C % g:
-        raise ValueError(f"{name}: x channels {C} (x shape {shape_str(x)}) must be divisible "
-                         f"by groups={g}")
-    expected = f"weight must be (B, O, C/groups, kh, kw) = ({B}, O, {C // g}, kh, kw)"
+        raise fail(name, "groups", f"a divisor of x's {C} channels", g, meaning=f"x of shape {shape_str(x)}")
+    expected = f"(B, O, C/groups, kh, kw) = ({B}, O, {C // g}, kh, kw)"
     if not isinstance(weight, Tensor) or weight.dim() != 5:
         got = shape_str(weight) if isinstance(weight, Tensor) else type(weight).__name__
-        raise ValueError(f"{name}: {expected}, got {got}")
+        raise fail(name, "weight", expected, weight, shown=got)
     Bw, O, Cg, kh, kw = weight.shape
     if Bw != B or Cg != C // g or kh < 1 or kw < 1:
-        raise ValueError(f"{name}: {expected}, got {shape_str(weight)} for x of shape {shape_str(x)}")
+        raise fail(name, "weight", expected, weight, shown=f"{shape_str(weight)} for x of shape {shape_str(x)}")
     if O % g:
-        raise ValueError(f"{name}: output channels O={O} (weight shape {shape_str(weight)}) must be "
-                         f"divisible by groups={g}")
+        raise fail(name, "groups", f"a divisor of the weight's O = {O} output channels", g,
+                   meaning=f"weight of shape {shape_str(weight)}")
     check_same_dtype_device(name, x, weight, "weight")
     if bias is not None:
         if not isinstance(bias, Tensor) or tuple(bias.shape) != (B, O):
@@ -154,8 +151,7 @@ def check_dynamic_conv(x: object, weight: object, bias: object, stride: object, 
     d = pair(name, "dilation", dilation, 1)
     if padding == "same":
         if s != (1, 1):
-            raise ValueError(f"{name}: padding='same' is only defined for stride 1 (as in F.conv2d), "
-                             f"got stride={stride!r}")
+            raise fail(name, "stride", "1 with padding='same'", stride, meaning="as in F.conv2d")
         th, tw = d[0] * (kh - 1), d[1] * (kw - 1)
         pads = (tw // 2, tw - tw // 2, th // 2, th - th // 2)
     elif padding == "valid":
@@ -168,6 +164,6 @@ def check_dynamic_conv(x: object, weight: object, bias: object, stride: object, 
     Ho = (H + pads[2] + pads[3] - d[0] * (kh - 1) - 1) // s[0] + 1
     Wo = (W + pads[0] + pads[1] - d[1] * (kw - 1) - 1) // s[1] + 1
     if Ho < 1 or Wo < 1:
-        raise ValueError(f"{name}: kernel {(kh, kw)} with dilation {d} and padding {padding!r} does not "
-                         f"fit x of shape {shape_str(x)}")
+        raise fail(name, "padding", f"enough for a kernel {(kh, kw)} with dilation {d} to fit x of shape "
+                   f"{shape_str(x)}", padding)
     return s, pads, d

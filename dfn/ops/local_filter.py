@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import Tensor
 
+from dfn.checks import check_choice, fail
 from dfn.ops._checks import PaddingMode, check_local_filter
 from dfn.ops.border import pad_frame
 from dfn.ops.local_filter_taps_last import local_filter_taps_last, taps_last
@@ -202,17 +203,25 @@ def local_filter(x: Tensor, filters: Tensor, dilation: int = 1, *,
             backend="triton" on tensors Triton cannot serve (the message says why).
     """
     K, per_channel = check_local_filter(x, filters, dilation, padding_mode)
-    if backend not in BACKENDS:
-        raise ValueError(f"local_filter: backend must be one of {', '.join(map(repr, BACKENDS))}; "
-                         f"got {backend!r}")
+    check_choice("local_filter", "backend", backend, BACKENDS)
+    return local_filter_unchecked(x, filters, K, per_channel, dilation, padding_mode, backend)
+
+
+def local_filter_unchecked(x: Tensor, filters: Tensor, K: int, per_channel: bool, dilation: int,
+                           padding_mode: str, backend: str) -> Tensor:
+    """:func:`local_filter` on arguments already validated (``(K, per_channel)`` as
+    ``check_local_filter`` returned them, `backend` one of BACKENDS): what the operators that check
+    their own inputs (``softmax_local_filter``) call, so that a public call checks once. x (B, C, H, W),
+    filters (B, K*K, H, W) or (B, C, K*K, H, W) -> (B, C, H, W)."""
     if backend == "triton" or (backend == "auto" and x.is_cuda):
         reason = _triton_usable(x)
         if reason is None:
-            from dfn.ops.local_filter_triton import local_filter_triton
+            from dfn.ops.local_filter_triton import local_filter_triton_unchecked
 
-            return local_filter_triton(x, filters, dilation, padding_mode=padding_mode)
+            return local_filter_triton_unchecked(x, filters, K, per_channel, dilation, padding_mode)
         if backend == "triton":
-            raise ValueError(f"local_filter: backend='triton' cannot run here: {reason}")
+            raise fail("local_filter", "backend", "'torch' or 'auto' here", backend,
+                       meaning=f"backend='triton' cannot run here: {reason}")
     f = filters if per_channel else filters.unsqueeze(1)  # (B, 1 or C, K*K, H, W)
     if taps_last(f):  # K*K values of a pixel adjacent in memory (an NHWC conv's output)
         return local_filter_taps_last(x, f, K, dilation, padding_mode)

@@ -26,6 +26,7 @@ import os
 import torch
 from torch import Tensor
 
+from dfn.checks import fail
 from dfn.ops._checks import PaddingMode, check_local_filter
 from dfn.ops.border import pad_frame
 
@@ -155,7 +156,15 @@ def local_filter_triton(x: Tensor, filters: Tensor, dilation: int = 1, *,
     K, per_channel = check_local_filter(x, filters, dilation, padding_mode)
     reason = unavailable_reason(x)
     if reason is not None:
-        raise ValueError(f"local_filter_triton: cannot run: {reason}")
+        raise fail("local_filter_triton", "x", "a tensor the Triton kernels can serve", x,
+                   meaning=reason, shown=f"{x.dtype} on {x.device} with shape {tuple(x.shape)}")
+    return local_filter_triton_unchecked(x, filters, K, per_channel, dilation, padding_mode)
+
+
+def local_filter_triton_unchecked(x: Tensor, filters: Tensor, K: int, per_channel: bool, dilation: int,
+                                  padding_mode: str) -> Tensor:
+    """:func:`local_filter_triton` on arguments already validated and tensors Triton can serve
+    (``dfn.ops.local_filter`` checks them once): x (B, C, H, W), filters (B, [C,] K*K, H, W) -> (B, C, H, W)."""
     if padding_mode == "zeros":
         return _TritonLocalFilter.apply(x, filters, K, dilation, False, per_channel)
     xp = pad_frame(x, dilation * (K // 2), padding_mode)  # (B, C, H + 2p, W + 2p)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import Tensor
 
+from dfn.checks import fail
 from dfn.ops._checks import (PaddingMode, check_padding_mode, check_reflect_fits, check_same_dtype_device,
                              check_tensor, shape_str)
 from dfn.ops.border import pad_frame
@@ -30,12 +31,13 @@ def check_row_filter(x: object, filters: object, padding_mode: object = "zeros")
     name = "row_filter"
     x = check_tensor(name, "x", x, 4)
     B, C, H, W = x.shape
-    expected = f"filters must be (B, K, H, W) = ({B}, K, {H}, {W}) with K odd (one 1xK filter per pixel)"
+    expected = f"(B, K, H, W) = ({B}, K, {H}, {W}) with K odd"
     if not isinstance(filters, Tensor) or filters.dim() != 4:
         got = shape_str(filters) if isinstance(filters, Tensor) else type(filters).__name__
-        raise ValueError(f"{name}: {expected}; got {got}")
+        raise fail(name, "filters", expected, filters, meaning="one 1xK filter per pixel", shown=got)
     if filters.shape[0] != B or filters.shape[-2:] != (H, W) or filters.shape[1] % 2 == 0:
-        raise ValueError(f"{name}: {expected}; got {shape_str(filters)} for x of shape {shape_str(x)}")
+        raise fail(name, "filters", expected, filters, meaning="one 1xK filter per pixel",
+                   shown=f"{shape_str(filters)} for x of shape {shape_str(x)}")
     check_tensor(name, "filters", filters, 4)
     check_same_dtype_device(name, x, filters, "filters")
     check_padding_mode(name, padding_mode)

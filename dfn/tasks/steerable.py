@@ -37,6 +37,7 @@ from torchmetrics import MaxMetric, MeanMetric, MinMetric
 from torchmetrics.regression import R2Score
 
 from dfn.callbacks import run_dir
+from dfn.checks import check_choice, check_int, check_number, check_positive, fail
 from dfn.data.steerable import ANGLE, IMAGE, KERNEL_SIZE, TARGET, steerable_filter
 from dfn.generators.initialisation import he_uniform_
 from dfn.ops import dynamic_conv
@@ -57,9 +58,8 @@ class SteerableFilterGenerator(nn.Module):
 
     def __init__(self, angle_input: AngleInput = "centred") -> None:
         super().__init__()
-        if angle_input not in ("radians", "centred"):
-            raise ValueError(f"SteerableFilterGenerator: angle_input must be 'radians' (θ, the paper's) or "
-                             f"'centred' (θ/π − 1), got {angle_input!r}")
+        check_choice("SteerableFilterGenerator", "angle_input", angle_input, ("radians", "centred"),
+                     meaning="'radians': θ, the paper's; 'centred': θ/π − 1")
         self.angle_input = angle_input
         self.net = nn.Sequential(
             nn.Conv2d(1, 64, 1), nn.LeakyReLU(0.01),
@@ -131,13 +131,10 @@ class SteerableFilterTask(L.LightningModule):
         lr_decay: float = 0.5,
     ) -> None:
         super().__init__()
-        if not lr > 0:
-            raise ValueError(f"SteerableFilterTask: lr must be > 0, got {lr}")
-        if isinstance(lr_decay_every, bool) or not isinstance(lr_decay_every, int) or lr_decay_every < 1:
-            raise ValueError(f"SteerableFilterTask: lr_decay_every must be an integer >= 1 (epochs), got "
-                             f"{lr_decay_every!r}")
-        if not 0 < lr_decay <= 1:
-            raise ValueError(f"SteerableFilterTask: lr_decay must be in (0, 1] (1 = constant), got {lr_decay}")
+        owner = "SteerableFilterTask"
+        check_positive(owner, "lr", lr)
+        check_int(owner, "lr_decay_every", lr_decay_every, meaning="epochs")
+        check_number(owner, "lr_decay", lr_decay, low=0, high=1, low_open=True, meaning="1 = constant")
         self.save_hyperparameters()
         self.generator = SteerableFilterGenerator(angle_input)
         self.scores = nn.ModuleDict({stage: nn.ModuleDict({
@@ -169,13 +166,13 @@ class SteerableFilterTask(L.LightningModule):
     def split(batch: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """batch (B, 3, H, W) -> images (B, 1, H, W), theta (B,), targets (B, 1, H, W)."""
         if batch.dim() != 4 or batch.shape[1] != 3:
-            raise ValueError(f"SteerableFilterTask: batches must be (B, 3, H, W) (image, angle map, target; "
-                             f"dfn.data.SteerableFilters), got {tuple(batch.shape)}")
+            raise fail("SteerableFilterTask", "batch", "(B, 3, H, W)", batch, shown=str(tuple(batch.shape)),
+                       meaning="image, angle map, target: dfn.data.SteerableFilters")
         angle_map = batch[:, ANGLE]  # (B, H, W)
         theta = angle_map[:, 0, 0]  # (B,)
         if not torch.equal(angle_map.amin((1, 2)), angle_map.amax((1, 2))):
-            raise ValueError("SteerableFilterTask: every angle map must hold a single angle (one filter per "
-                             "image); got maps that vary over the image")
+            raise fail("SteerableFilterTask", "the angle map", "a single angle per image", batch,
+                       meaning="one filter per image", shown="maps that vary over the image")
         return batch[:, IMAGE:IMAGE + 1], theta, batch[:, TARGET:TARGET + 1]
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:

@@ -31,9 +31,11 @@ from torch import Tensor, nn
 from torchmetrics import SumMetric
 
 from dfn.callbacks import run_dir
+from dfn.checks import check_bool, check_choice, check_int, check_number, check_positive, fail
 from dfn.data.stereo import DISPARITY, LEFT, REACH, RIGHT, SGBM
 from dfn.generators.initialisation import he_uniform_
 from dfn.ops import row_filter
+from dfn.predictor import activation_format
 
 TAPS = 2 * REACH + 1  # paper: 13×1 filters, shifts −6..+6
 EPE_TARGET = 0.5  # px, ours (the paper reports no disparity score)
@@ -55,8 +57,7 @@ class StereoNetwork(nn.Module):
     def __init__(self, in_channels: int = 1, image_size: int = 64, out_channels: int = TAPS + 1) -> None:
         super().__init__()
         if image_size % 2:
-            raise ValueError(f"StereoNetwork: image_size must be even (a stride-2 layer, then upsampling x2), "
-                             f"got {image_size}")
+            raise fail("StereoNetwork", "image_size", "even", image_size, meaning="a stride-2 layer, then upsampling x2")
 
         def conv(cin: int, cout: int, size: int = 3, stride: int = 1, bias: bool = True) -> nn.Conv2d:
             return nn.Conv2d(cin, cout, size, stride, padding=size // 2, bias=bias)
@@ -71,13 +72,17 @@ class StereoNetwork(nn.Module):
         he_uniform_(self)
 
     def forward(self, x: Tensor) -> Tensor:
+        # NHWC on CPU, where oneDNN's convolutions run faster on it (forward + backward of this network,
+        # batch 16, one thread: 0.76 vs 0.98 s float32, 0.38 vs 0.48 s bf16; docs/stereo.md); NCHW elsewhere.
+        x = x.to(memory_format=activation_format(x.device))
         return self.decoder(self.encoder(x) + self.mid_bias)  # mid_bias (128, S/2, S/2) broadcasts over B
 
 
 def disparity_readout(weights: Tensor) -> Tensor:
     """The filters' expected shift d = Σₖ wₖ (k − 6): weights (B, 13, H, W) -> (B, H, W) px."""
     shifts = torch.arange(TAPS, dtype=weights.dtype, device=weights.device) - REACH  # (13,) −6..+6
-    return torch.einsum("bkhw,k->bhw", weights, shifts)
+    # A product and a sum, not einsum: autocast would run einsum (a matrix product) in bfloat16.
+    return (weights * shifts[:, None, None]).sum(1)
 
 
 def colour_map(disparity: np.ndarray) -> np.ndarray:
@@ -96,11 +101,12 @@ def pair_figure(left: Tensor, predicted_disparity: Tensor | None, disparity: Ten
     baseline, which has none) | true disparity | predicted right | true right | StereoSGBM's disparity.
     Views (H, W) in [0, 1], disparities (H, W) px on one scale (``colour_map``)."""
     def gray(view: Tensor) -> np.ndarray:
-        return np.repeat((view.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)[..., None], 3, -1)
+        return np.repeat((view.float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)[..., None], 3, -1)
 
     none = np.full(gray(left).shape, 128, np.uint8)
-    panels = [gray(left), none if predicted_disparity is None else colour_map(predicted_disparity.cpu().numpy()),
-              colour_map(disparity.cpu().numpy()), gray(predicted), gray(right), colour_map(sgbm.cpu().numpy())]
+    panels = [gray(left), none if predicted_disparity is None else colour_map(predicted_disparity.float().cpu().numpy()),
+              colour_map(disparity.float().cpu().numpy()), gray(predicted), gray(right),
+              colour_map(sgbm.float().cpu().numpy())]
     spacer = np.full((left.shape[0], gap, 3), 255, np.uint8)
     return np.concatenate([p for panel in panels for p in (panel, spacer)][:-1], axis=1)
 
@@ -129,20 +135,15 @@ class StereoPrediction(L.LightningModule):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        if condition not in ("left", "both"):
-            raise ValueError(f"{name}: condition must be 'left' (the generator reads the left view, the paper's) "
-                             f"or 'both' (both views, ours), got {condition!r}")
-        for key, value in (("baseline", baseline), ("dynamic_bias", dynamic_bias)):
-            if not isinstance(value, bool):
-                raise ValueError(f"{name}: {key} must be true or false, got {value!r}")
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 4 or image_size % 2:
-            raise ValueError(f"{name}: image_size must be an even integer >= 4 (the data's), got {image_size!r}")
-        if not lr > 0:
-            raise ValueError(f"{name}: lr must be > 0, got {lr}")
-        if isinstance(lr_decay_every, bool) or not isinstance(lr_decay_every, int) or lr_decay_every < 1:
-            raise ValueError(f"{name}: lr_decay_every must be an integer >= 1 (epochs), got {lr_decay_every!r}")
-        if not 0 < lr_decay <= 1:
-            raise ValueError(f"{name}: lr_decay must be in (0, 1] (1 = constant), got {lr_decay}")
+        check_choice(name, "condition", condition, ("left", "both"),
+                     meaning="'left': the generator reads the left view, the paper's; 'both': both views, ours")
+        check_bool(name, "baseline", baseline)
+        check_bool(name, "dynamic_bias", dynamic_bias)
+        if check_int(name, "image_size", image_size, minimum=4) % 2:
+            raise fail(name, "image_size", "an even integer >= 4", image_size, meaning="the data's")
+        check_positive(name, "lr", lr)
+        check_int(name, "lr_decay_every", lr_decay_every, meaning="epochs")
+        check_number(name, "lr_decay", lr_decay, low=0, high=1, low_open=True, meaning="1 = constant")
         self.save_hyperparameters()
         channels = TAPS + int(dynamic_bias)  # filter logits (+ the bias)
         self.network = StereoNetwork(1 if condition == "left" else 2, image_size, channels)
@@ -156,7 +157,9 @@ class StereoPrediction(L.LightningModule):
         (B, 13, H, W) summing to 1 over the taps; None for the baseline). ``right`` is only read with
         ``condition="both"``."""
         inputs = left if self.hparams.condition == "left" else torch.cat([left, right], 1)  # (B, 1 or 2, H, W)
-        out = self.network(inputs)  # (B, 14, H, W); 13 without the dynamic bias
+        # (B, 14, H, W); 13 without the dynamic bias. Float32 from here: under bf16-mixed the softmax and the
+        # filtering are computed in float32 (a no-op otherwise), as the video model's (docs/speed.md).
+        out = self.network(inputs).float()
         if self.pixels is not None:
             return self.pixels(out), None
         weights = out[:, :TAPS].softmax(1)  # (B, 13, H, W), paper: softmax over the taps
@@ -167,8 +170,8 @@ class StereoPrediction(L.LightningModule):
     def split(batch: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """batch (B, 4, H, W) -> left, right (B, 1, H, W), disparity, SGBM's (B, H, W) px (NaN unknown)."""
         if batch.dim() != 4 or batch.shape[1] != 4:
-            raise ValueError(f"StereoPrediction: batches must be (B, 4, H, W) (left, right, disparity, SGBM; "
-                             f"dfn.data.SyntheticStereo or MiddleburyStereo), got {tuple(batch.shape)}")
+            raise fail("StereoPrediction", "batch", "(B, 4, H, W)", batch, shown=str(tuple(batch.shape)),
+                       meaning="left, right, disparity, SGBM: dfn.data.SyntheticStereo or MiddleburyStereo")
         return batch[:, LEFT:LEFT + 1], batch[:, RIGHT:RIGHT + 1], batch[:, DISPARITY], batch[:, SGBM]
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
